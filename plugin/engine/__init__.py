@@ -1,0 +1,1 @@
+"""Runner hooks; importing this module registers them."""

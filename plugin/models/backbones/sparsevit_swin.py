@@ -1,0 +1,548 @@
+"""SparseViT: a Swin Transformer that skips the computation of unimportant windows.
+
+Paper: "SparseViT: Revisiting Activation Sparsity for Efficient High-Resolution
+Vision Transformer" (Chen et al., CVPR 2023). The module tree, arguments and
+state_dict keys are those of mmdet's ``SwinTransformer``, so every mmdet Swin
+checkpoint loads as it is.
+
+Differences from a dense Swin, all needed for window sparsity:
+- LayerNorm, (shifted-)window attention and FFN run per window, on windows
+  gathered from the stage's token buffer (``plugin.models.utils.window_ops``).
+- Each stage ranks its windows once, by the L2 norm of the per-token mean
+  absolute activation entering its first pruned block, separately for the
+  regular and the shifted grid; a block with ratio r runs the top
+  ``floor((1 - r) * nW)`` windows of its grid and copies the others through.
+- Everything a block needs (k, index tables) follows from the input shape and
+  the ratios, so a forward pass has static shapes and no host synchronisation:
+  it can be captured as a CUDA graph or compiled with ``fullgraph=True``.
+"""
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch.nn.modules.module import _IncompatibleKeys
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging, build_dropout
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule, ModuleList
+from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
+from mmengine.registry import MODELS
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.utils import to_2tuple
+
+from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
+from ..utils.window_ops import (WindowGrid, batched_token_positions, build_window_grid,
+                                padded_shape, window_l2_scores)
+
+ARCH_SETTINGS = {
+    'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+class WindowMSA(BaseModule):
+    """Window multi-head self-attention with Swin's relative position bias.
+
+    Same parameters and buffer as mmdet's ``WindowMSA``; runs on any subset of
+    windows through ``scaled_dot_product_attention`` with the bias (and the
+    shift mask of the windows it is given) as additive mask.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 attn_drop_rate: float = 0.,
+                 proj_drop_rate: float = 0.,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = qk_scale or (embed_dims // num_heads)**-0.5
+        self.attn_drop_rate = attn_drop_rate
+
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1)**2, num_heads))
+        coords = torch.stack(torch.meshgrid(
+            torch.arange(window_size), torch.arange(window_size), indexing='ij')).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]) + (window_size - 1)
+        self.register_buffer('relative_position_index',
+                             relative[0] * (2 * window_size - 1) + relative[1])
+
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop_rate)
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """``(num_heads, N, N)`` bias between the tokens of a window."""
+        tokens = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, shift_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: ``(num_windows, N, C)``; shift_mask: ``(num_windows, N, N)`` or None."""
+        num_windows, tokens, channels = x.shape
+        qkv = self.qkv(x).view(num_windows, tokens, 3, self.num_heads, channels // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn_bias = self.relative_position_bias()
+        if shift_mask is not None:
+            attn_bias = attn_bias + shift_mask.unsqueeze(1)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias.to(q.dtype),
+            dropout_p=self.attn_drop_rate if self.training else 0., scale=self.scale)
+        x = x.transpose(1, 2).reshape(num_windows, tokens, channels)
+        return self.proj_drop(self.proj(x))
+
+
+class ShiftWindowMSA(BaseModule):
+    """Holds the attention of a (shifted-)window block under mmdet's key names.
+
+    The shift itself is folded into the stage's window index tables, so this
+    module only adds stochastic depth to the attention branch.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 shift_size: int = 0,
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 attn_drop_rate: float = 0.,
+                 proj_drop_rate: float = 0.,
+                 dropout_layer: dict = dict(type='DropPath', drop_prob=0.),
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f'shift_size must lie in [0, window_size={window_size}), got {shift_size}')
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.w_msa = WindowMSA(embed_dims, num_heads, window_size, qkv_bias, qk_scale,
+                               attn_drop_rate, proj_drop_rate)
+        self.drop = build_dropout(dropout_layer)
+
+    def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """windows: ``(B, k, N, C)``; shift_mask: broadcastable to ``(B, k, N, N)`` or None."""
+        batch, num_windows, tokens, channels = windows.shape
+        if shift_mask is not None:
+            shift_mask = shift_mask.expand(batch, num_windows, tokens, tokens).reshape(-1, tokens, tokens)
+        out = self.w_msa(windows.reshape(-1, tokens, channels), shift_mask)
+        # Stochastic depth drops a whole image's branch, as in the dense model.
+        return self.drop(out.view(batch, num_windows, tokens, channels))
+
+
+class SparseSwinBlock(BaseModule):
+    """A Swin block that runs on a batch of gathered windows ``(B, k, N, C)``."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 feedforward_channels: int,
+                 window_size: int = 7,
+                 shift: bool = False,
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_cfg: dict = dict(type='LN'),
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = ShiftWindowMSA(
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            window_size=window_size,
+            shift_size=window_size // 2 if shift else 0,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop_rate=attn_drop_rate,
+            proj_drop_rate=drop_rate,
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate))
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(
+            embed_dims=embed_dims,
+            feedforward_channels=feedforward_channels,
+            num_fcs=2,
+            ffn_drop=drop_rate,
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
+            act_cfg=act_cfg,
+            add_identity=True)
+
+    @property
+    def shift_size(self) -> int:
+        return self.attn.shift_size
+
+    def _forward_windows(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor],
+                         valid: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.norm1(windows)
+        if valid is not None:
+            # mmdet pads *after* norm1, so padded tokens enter attention as zeros.
+            x = x.masked_fill(~valid.unsqueeze(-1), 0.)
+        x = windows + self.attn(x, shift_mask)
+        return self.ffn(self.norm2(x), identity=x)
+
+    def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """windows ``(B, k, N, C)``; shift_mask and valid broadcastable to ``(B, k, N, N)``/``(B, k, N)``."""
+        if self.with_cp and windows.requires_grad:
+            return cp.checkpoint(self._forward_windows, windows, shift_mask, valid, use_reentrant=False)
+        return self._forward_windows(windows, shift_mask, valid)
+
+
+class SparseSwinBlockSequence(BaseModule):
+    """One stage: blocks over a flat padded token buffer, then patch merging."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 feedforward_channels: int,
+                 depth: int,
+                 window_size: int = 7,
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: Union[float, List[float]] = 0.,
+                 downsample: Optional[BaseModule] = None,
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_cfg: dict = dict(type='LN'),
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        drop_path_rates = drop_path_rate if isinstance(drop_path_rate, list) else [drop_path_rate] * depth
+        self.window_size = window_size
+        self.blocks = ModuleList([
+            SparseSwinBlock(
+                embed_dims=embed_dims,
+                num_heads=num_heads,
+                feedforward_channels=feedforward_channels,
+                window_size=window_size,
+                shift=i % 2 == 1,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop_rate=drop_rate,
+                attn_drop_rate=attn_drop_rate,
+                drop_path_rate=drop_path_rates[i],
+                act_cfg=act_cfg,
+                norm_cfg=norm_cfg,
+                with_cp=with_cp) for i in range(depth)
+        ])
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int], ratios: Sequence[float]
+                ) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor, Tuple[int, int],
+                           List[Optional[torch.Tensor]]]:
+        """Run the stage on tokens ``x`` ``(B, H*W, C)`` with one pruning ratio per block.
+
+        Returns the downsampled tokens and shape, the stage output and shape, and
+        per block the ``(B, k)`` window indices it ran (None for a dense block).
+        """
+        batch, _, channels = x.shape
+        H, W = hw_shape
+        Hp, Wp = padded_shape(hw_shape, self.window_size)
+        tokens_per_image = Hp * Wp
+        buffer = F.pad(x.view(batch, H, W, channels), (0, 0, 0, Wp - W, 0, Hp - H))
+        # The blocks write their windows back into this buffer in place.
+        buffer = buffer.reshape(batch * tokens_per_image, channels)
+
+        shift_sizes = sorted({block.shift_size for block in self.blocks})
+        grids: Dict[int, WindowGrid] = {
+            shift: build_window_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
+        rankings: Optional[Dict[int, torch.Tensor]] = None
+        kept_per_block: List[Optional[torch.Tensor]] = []
+        for block, ratio in zip(self.blocks, ratios):
+            grid = grids[block.shift_size]
+            num_windows = grid.token_index.shape[0]
+            if ratio > 0 and rankings is None:
+                rankings = self._rank_windows(buffer.detach().view(batch, tokens_per_image, channels),
+                                              hw_shape, grids)
+            if rankings is None:
+                kept = None
+                window_tokens = grid.token_index.expand(batch, -1, -1)
+                shift_mask, valid = grid.attn_mask, grid.valid
+            else:
+                kept = rankings[block.shift_size][:, :num_kept_windows(num_windows, ratio)]
+                window_tokens = grid.token_index[kept]
+                shift_mask = None if grid.attn_mask is None else grid.attn_mask[kept]
+                valid = None if grid.valid is None else grid.valid[kept]
+            kept_per_block.append(kept)
+            if window_tokens.shape[1] == 0:
+                continue
+            rows = batched_token_positions(window_tokens, tokens_per_image)
+            windows = buffer.index_select(0, rows).view(*window_tokens.shape, channels)
+            out = block(windows, shift_mask, valid)
+            buffer.index_copy_(0, rows, out.reshape(-1, channels).to(buffer.dtype))
+
+        out = buffer.view(batch, Hp, Wp, channels)[:, :H, :W].reshape(batch, H * W, channels)
+        if self.downsample is None:
+            return out, hw_shape, out, hw_shape, kept_per_block
+        x_down, down_hw_shape = self.downsample(out, hw_shape)
+        return x_down, down_hw_shape, out, hw_shape, kept_per_block
+
+    def _rank_windows(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
+                      grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
+        """Rank every grid's windows once, from the padded tokens ``(B, Hp*Wp, C)`` entering the first pruned block."""
+        activity = tokens.abs().mean(-1)
+        Hp, Wp = padded_shape(hw_shape, self.window_size)
+        if (Hp, Wp) != tuple(hw_shape):
+            # Padded tokens count as zero activation, as in the reference implementation.
+            rows = torch.arange(Hp, device=tokens.device)
+            cols = torch.arange(Wp, device=tokens.device)
+            inside = ((rows < hw_shape[0])[:, None] & (cols < hw_shape[1])[None, :]).view(-1)
+            activity = activity.masked_fill(~inside, 0.)
+        rankings = {}
+        for shift, grid in grids.items():
+            scores = window_l2_scores(activity, grid.token_index)
+            rankings[shift] = scores.topk(scores.shape[1], dim=1).indices
+        return rankings
+
+
+@MODELS.register_module()
+class SparseViTSwin(BaseModule):
+    """Swin Transformer with SparseViT window pruning, a drop-in for mmdet's ``SwinTransformer``.
+
+    Args:
+        pruning_ratios (float | list): One float for every block, or one entry per
+            stage: a float for all its blocks or a list with one ratio per block.
+            Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense.
+        arch (str, optional): 'tiny', 'small' or 'base' sets ``embed_dims``,
+            ``depths`` and ``num_heads``; None uses the explicit arguments.
+        The other arguments are those of mmdet's ``SwinTransformer``.
+    """
+
+    def __init__(self,
+                 pretrain_img_size: Union[int, Tuple[int, int]] = 224,
+                 in_channels: int = 3,
+                 embed_dims: int = 96,
+                 patch_size: int = 4,
+                 window_size: int = 7,
+                 mlp_ratio: int = 4,
+                 depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24),
+                 strides: Sequence[int] = (4, 2, 2, 2),
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 patch_norm: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 use_abs_pos_embed: bool = False,
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_cfg: dict = dict(type='LN'),
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None,
+                 convert_weights: bool = False,
+                 frozen_stages: int = -1,
+                 pruning_ratios: Union[float, Sequence] = 0.,
+                 arch: Optional[str] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        if arch is not None:
+            if arch not in ARCH_SETTINGS:
+                raise ValueError(f'arch must be one of {sorted(ARCH_SETTINGS)} or None, got {arch!r}')
+            embed_dims, depths, num_heads = (ARCH_SETTINGS[arch][k] for k in ('embed_dims', 'depths', 'num_heads'))
+        if len(depths) != len(num_heads) or len(strides) != len(depths):
+            raise ValueError(f'depths {tuple(depths)}, num_heads {tuple(num_heads)} and strides '
+                             f'{tuple(strides)} must have one entry per stage')
+        if strides[0] != patch_size:
+            raise ValueError(f'strides[0] ({strides[0]}) must equal patch_size ({patch_size}): '
+                             f'the patch embedding does not overlap')
+        bad_indices = [i for i in out_indices if not 0 <= i < len(depths)]
+        if bad_indices:
+            raise ValueError(f'out_indices {tuple(out_indices)} must lie in [0, {len(depths)})')
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('init_cfg and pretrained cannot be set at the same time')
+            warnings.warn('pretrained is deprecated, use init_cfg=dict(type="Pretrained", checkpoint=...)')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+
+        self.convert_weights = convert_weights
+        self.frozen_stages = frozen_stages
+        self.out_indices = tuple(out_indices)
+        self.use_abs_pos_embed = use_abs_pos_embed
+        self.depths = tuple(depths)
+        self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
+        self.kept_windows: List[List[Optional[torch.Tensor]]] = []
+        self.stage_hw_shapes: List[Tuple[int, int]] = []
+
+        self.patch_embed = PatchEmbed(
+            in_channels=in_channels,
+            embed_dims=embed_dims,
+            conv_type='Conv2d',
+            kernel_size=patch_size,
+            stride=strides[0],
+            norm_cfg=norm_cfg if patch_norm else None)
+        if use_abs_pos_embed:
+            pretrain_img_size = to_2tuple(pretrain_img_size)
+            self.pos_embed_shape = (pretrain_img_size[0] // patch_size, pretrain_img_size[1] // patch_size)
+            self.absolute_pos_embed = nn.Parameter(
+                torch.zeros(1, self.pos_embed_shape[0] * self.pos_embed_shape[1], embed_dims))
+        self.drop_after_pos = nn.Dropout(p=drop_rate)
+
+        block_drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = ModuleList()
+        channels = embed_dims
+        for i, depth in enumerate(depths):
+            downsample = None
+            if i < len(depths) - 1:
+                downsample = PatchMerging(
+                    in_channels=channels,
+                    out_channels=2 * channels,
+                    stride=strides[i + 1],
+                    norm_cfg=norm_cfg if patch_norm else None)
+            self.stages.append(SparseSwinBlockSequence(
+                embed_dims=channels,
+                num_heads=num_heads[i],
+                feedforward_channels=mlp_ratio * channels,
+                depth=depth,
+                window_size=window_size,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop_rate=drop_rate,
+                attn_drop_rate=attn_drop_rate,
+                drop_path_rate=block_drop_path[sum(depths[:i]):sum(depths[:i + 1])],
+                downsample=downsample,
+                act_cfg=act_cfg,
+                norm_cfg=norm_cfg,
+                with_cp=with_cp))
+            if downsample is not None:
+                channels = downsample.out_channels
+
+        self.num_features = [int(embed_dims * 2**i) for i in range(len(depths))]
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
+
+    def set_pruning_ratios(self, pruning_ratios: Union[float, Sequence]) -> None:
+        """Change the per-block ratios (same forms and checks as the constructor argument)."""
+        self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
+
+    def train(self, mode: bool = True) -> 'SparseViTSwin':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.patch_embed.eval()
+            for param in self.patch_embed.parameters():
+                param.requires_grad = False
+            if self.use_abs_pos_embed:
+                self.absolute_pos_embed.requires_grad = False
+            self.drop_after_pos.eval()
+        for i in range(1, self.frozen_stages + 1):
+            frozen = [self.stages[i - 1]]
+            if (i - 1) in self.out_indices:
+                frozen.append(getattr(self, f'norm{i - 1}'))
+            for module in frozen:
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def init_weights(self) -> None:
+        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+            if self.use_abs_pos_embed:
+                trunc_normal_(self.absolute_pos_embed, std=0.02)
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    trunc_normal_init(module, std=.02, bias=0.)
+                elif isinstance(module, nn.LayerNorm):
+                    constant_init(module, 1.0)
+                elif isinstance(module, WindowMSA):
+                    module.init_weights()
+            return
+        self.load_pretrained(self.init_cfg['checkpoint'])
+
+    def load_pretrained(self, checkpoint: str) -> _IncompatibleKeys:
+        """Load an mmdet/mmseg Swin checkpoint (or an official one with ``convert_weights``).
+
+        Returns the missing and unexpected keys, which are also logged.
+        """
+        logger = MMLogger.get_current_instance()
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, logger=logger, map_location='cpu')
+        state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt))
+        if self.convert_weights:
+            # Official Swin checkpoints name and order some weights differently; mmdet's converter knows how.
+            from mmdet.models.backbones.swin import swin_converter
+            state_dict = swin_converter(state_dict)
+        state_dict = extract_backbone_state_dict(state_dict)
+        state_dict = self._resize_pretrained_tables(state_dict)
+        incompatible = self.load_state_dict(state_dict, strict=False)
+        if incompatible.missing_keys or incompatible.unexpected_keys:
+            logger.warning(f'{type(self).__name__} loaded {checkpoint} with missing keys '
+                           f'{incompatible.missing_keys} and unexpected keys {incompatible.unexpected_keys}')
+        return incompatible
+
+    def _resize_pretrained_tables(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Bicubically resize relative-position tables and abs. position embeddings of another size."""
+        own = self.state_dict()
+        for key, value in list(state_dict.items()):
+            if key not in own or own[key].shape == value.shape:
+                continue
+            if 'relative_position_bias_table' in key and value.shape[1] == own[key].shape[1]:
+                side, new_side = int(value.shape[0]**0.5), int(own[key].shape[0]**0.5)
+                table = value.T.reshape(1, -1, side, side)
+                table = F.interpolate(table, size=(new_side, new_side), mode='bicubic')
+                state_dict[key] = table.reshape(-1, new_side * new_side).T.contiguous()
+            elif key == 'absolute_pos_embed':
+                state_dict[key] = self._resample_pos_embed(value, self.pos_embed_shape)
+        return state_dict
+
+    @staticmethod
+    def _resample_pos_embed(pos_embed: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
+        """``(1, L, C)`` embedding of a square grid -> ``(1, H*W, C)`` by bicubic resampling."""
+        side = int(pos_embed.shape[1]**0.5)
+        grid = pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=hw_shape, mode='bicubic', align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x, hw_shape = self.patch_embed(x)
+        if self.use_abs_pos_embed:
+            pos_embed = self.absolute_pos_embed
+            if tuple(hw_shape) != self.pos_embed_shape:
+                pos_embed = self._resample_pos_embed(pos_embed.view(1, *self.pos_embed_shape, -1)
+                                                     .flatten(1, 2), tuple(hw_shape))
+            x = x + pos_embed
+        x = self.drop_after_pos(x)
+
+        outs, kept_windows, stage_shapes = [], [], []
+        for i, stage in enumerate(self.stages):
+            x, hw_shape, out, out_hw_shape, kept = stage(x, tuple(hw_shape), self.pruning_ratios[i])
+            kept_windows.append(kept)
+            stage_shapes.append(tuple(out_hw_shape))
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(out)
+                outs.append(out.view(-1, *out_hw_shape, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+        # Kept for visualisation: per stage and block, the (B, k) windows that ran (None: all).
+        self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
+        return outs
+
+
+def extract_backbone_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Backbone weights of a detector/segmentor checkpoint, or the checkpoint itself.
+
+    Strips a ``module.`` (DataParallel) prefix and, when present, keeps only the
+    ``backbone.`` entries with that prefix removed.
+    """
+    state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                             for k, v in state_dict.items())
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items()
+                                 if k.startswith('backbone.'))
+    return state_dict

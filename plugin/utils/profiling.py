@@ -1,0 +1,52 @@
+"""MACs counting and latency measurement shared by the benchmark, the search and the slimming tools."""
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _fused_cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter misses the fused CPU attention kernel that SDPA picks for
+# some masks; it costs what any other SDPA kernel costs.
+_UNCOUNTED_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _fused_cpu_attention_flops}
+
+
+def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Multiply-accumulates of one call of ``fn`` (a module or any callable).
+
+    torch's flop counter sees every matrix product that really runs, attention
+    (``scaled_dot_product_attention``) included, which mmengine's counter skips;
+    a pruned backbone is therefore charged only for the windows it keeps.
+    """
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_ATTENTION) as counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops() // 2
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_latency_ms(fn: Callable[[], Any],
+                      device: torch.device | str = 'cpu',
+                      warmup: int = 3,
+                      repeats: int = 10) -> float:
+    """Median wall-clock latency of ``fn()`` in milliseconds, after ``warmup`` calls."""
+    device = torch.device(device)
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        _synchronize(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

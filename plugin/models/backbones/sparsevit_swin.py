@@ -261,8 +261,10 @@ class SparseSwinBlockSequence(BaseModule):
         buffer = buffer.reshape(batch * tokens_per_image, channels)
 
         shift_sizes = sorted({block.shift_size for block in self.blocks})
+        # A compiled graph computes the (pure) tables itself; eager mode reuses cached ones.
+        build_grid = build_window_grid.__wrapped__ if torch.compiler.is_compiling() else build_window_grid
         grids: Dict[int, WindowGrid] = {
-            shift: build_window_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
+            shift: build_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
         rankings: Optional[Dict[int, torch.Tensor]] = None
         kept_per_block: List[Optional[torch.Tensor]] = []
         for block, ratio in zip(self.blocks, ratios):

@@ -8,6 +8,7 @@ in the padded grid, with the cyclic shift folded in. A block then gathers exactl
 the tokens of the windows it runs and writes its results back in place, so its
 cost follows the number of windows it keeps.
 """
+import functools
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -44,9 +45,12 @@ def _partition(grid: torch.Tensor, window_size: int) -> torch.Tensor:
     return grid.permute(0, 2, 1, 3).reshape(-1, window_size * window_size)
 
 
+# Cached per input size: in eager mode the tables cost a dozen small kernels per
+# stage, which a GPU at batch 1 would spend launching (torch.compile traces through).
+@functools.lru_cache(maxsize=64)
 def build_window_grid(hw_shape: Tuple[int, int], window_size: int, shift_size: int,
                       device: torch.device) -> WindowGrid:
-    """Index table, shift mask and padding mask of one window grid.
+    """Index table, shift mask and padding mask of one window grid (read-only, cached).
 
     Equivalent to ``roll(pad(x), -shift)`` followed by window partition, but
     expressed as indices so no block has to move the whole map.

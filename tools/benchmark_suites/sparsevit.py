@@ -1,0 +1,106 @@
+"""SparseViT-Swin against dense Swin: backbone MACs, latency, speedup and its efficiency.
+
+The dense reference is mmdet's ``SwinTransformer`` when mmdet is installed, else
+our backbone at ratio 0. ``eff`` = measured speedup / MACs ratio (1.0 is the
+limit that the MACs promise). Modes: ``eager``; ``graph`` replays a captured CUDA
+graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``.
+"""
+import argparse
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from plugin.models.backbones import SparseViTSwin
+from plugin.utils import count_macs, median_latency_ms
+
+PAPER_CONFIGS = {
+    'paper cfg1': [[0.3, 0.3], [0., 0.], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0., 0.]],
+    'paper cfg2': [[0.6, 0.6], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
+    'paper cfg3': [[0.7, 0.7], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
+}
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--size', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'))
+    parser.add_argument('--batches', type=int, nargs='+', default=None,
+                        help='batch sizes (default: 1 4 on CPU, 1 4 16 on GPU)')
+    parser.add_argument('--dtypes', nargs='+', choices=sorted(DTYPES), default=['fp32'])
+    parser.add_argument('--modes', nargs='+', choices=['eager', 'graph', 'compile'], default=['eager'])
+    parser.add_argument('--ratios', nargs='+', default=['0', '0.3', '0.6', '0.8', *PAPER_CONFIGS],
+                        help='uniform ratios and/or names of the paper configurations')
+
+
+def dense_reference() -> Tuple[str, Optional[torch.nn.Module]]:
+    try:
+        from mmdet.models.backbones import SwinTransformer
+    except ImportError:
+        print('mmdet is not installed: the dense reference is SparseViTSwin at ratio 0')
+        return 'SparseViTSwin ratio 0 (dense)', None
+    return "mmdet SwinTransformer (dense)", SwinTransformer(drop_path_rate=0.)
+
+
+def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    """A no-argument callable that runs ``model`` on ``x`` in the given execution mode."""
+    if mode == 'eager':
+        return lambda: model(x)
+    if mode == 'compile':
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        return lambda: compiled(x)
+    if x.device.type != 'cuda':
+        raise ValueError('mode "graph" (CUDA graph replay) needs a CUDA device')
+    side_stream = torch.cuda.Stream()
+    side_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side_stream), torch.no_grad():
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(side_stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        model(x)
+    return graph.replay
+
+
+def parse_ratios(name: str):
+    return PAPER_CONFIGS[name] if name in PAPER_CONFIGS else float(name)
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+    device = args.device
+    batches = args.batches or ([1, 4, 16] if device.type == 'cuda' else [1, 4])
+    reference_name, reference = dense_reference()
+    ours = SparseViTSwin(drop_path_rate=0.)
+    if reference is not None:
+        ours.load_state_dict(reference.state_dict())
+    variants = [(reference_name, reference, None)] if reference is not None else []
+    variants += [(f'SparseViTSwin {name}' if name in PAPER_CONFIGS else f'SparseViTSwin uniform {name}',
+                  ours, parse_ratios(name)) for name in args.ratios]
+
+    image = torch.randn(1, 3, *args.size)
+    macs = {}
+    for name, model, ratios in variants:
+        if ratios is not None:
+            model.set_pruning_ratios(ratios)
+        model.eval()
+        macs[name] = count_macs(model, image)
+    dense_macs = macs[variants[0][0]]
+
+    rows = []
+    for dtype_name in args.dtypes:
+        for mode in args.modes:
+            for batch in batches:
+                x = torch.randn(batch, 3, *args.size, device=device, dtype=DTYPES[dtype_name])
+                dense_ms = None
+                for name, model, ratios in variants:
+                    if ratios is not None:
+                        model.set_pruning_ratios(ratios)
+                    model.to(device=device, dtype=DTYPES[dtype_name]).eval()
+                    latency = median_latency_ms(make_runner(model, x, mode), device, args.warmup, args.repeats)
+                    dense_ms = dense_ms or latency
+                    speedup = dense_ms / latency
+                    macs_ratio = dense_macs / macs[name]
+                    rows.append({'backbone': name, 'mode': mode, 'dtype': dtype_name, 'batch': batch,
+                                 'GMACs/img': macs[name] / 1e9, 'latency ms': latency,
+                                 'speedup': speedup, 'MACs ratio': macs_ratio, 'eff': speedup / macs_ratio})
+    return rows

@@ -1,0 +1,1 @@
+"""Data the project makes itself; no registration (the real mmdet/mmseg/mmdet3d datasets read it)."""

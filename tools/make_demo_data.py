@@ -1,0 +1,45 @@
+"""Write the seeded synthetic demo datasets (COCO instances, ADE20K semantics, KITTI mono-3D).
+
+Example: python tools/make_demo_data.py --out data/demo --seed 0 --num-train 300 --num-val 50
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing the package
+
+from plugin.datasets.synthetic import TASKS, make_demo_data  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out', required=True, help='output folder; coco/, ade/ and kitti_mono/ are made in it')
+    parser.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
+    parser.add_argument('--num-train', type=int, default=300, help='training images per task')
+    parser.add_argument('--num-val', type=int, default=50, help='validation images per task')
+    parser.add_argument('--image-size', type=int, nargs=2, default=(160, 160), metavar=('H', 'W'),
+                        help='image size of the coco and ade data')
+    parser.add_argument('--mono3d-image-size', type=int, nargs=2, default=(160, 512), metavar=('H', 'W'),
+                        help='image size of the KITTI-style mono-3D data (KITTI is about 1:3.3)')
+    parser.add_argument('--tasks', nargs='+', choices=TASKS, default=list(TASKS), help='datasets to write')
+    return parser.parse_args()
+
+
+def tqdm_progress(items: Iterable[int], desc: str) -> Iterable[int]:
+    return tqdm(items, desc=desc, unit='img')
+
+
+def main() -> None:
+    args = parse_args()
+    roots = make_demo_data(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                           image_size=args.image_size, tasks=args.tasks,
+                           mono3d_image_size=args.mono3d_image_size, progress=tqdm_progress)
+    for task, root in roots.items():
+        print(f'{task}: {root}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,65 @@
+"""DynamicViT against its dense counterpart: backbone MACs, latency and speedup.
+
+The dense reference is the same DeiT backbone with pruning disabled (rho 1.0:
+every token through every block, no predictors). DynamicViT rows share its ViT
+weights and run the inference path: before blocks 3, 6 and 9 each image keeps
+its top rho, rho^2, rho^3 of the token grid and only those run on. MACs and
+latency cover the whole backbone, simple feature pyramid included.
+
+    python tools/benchmark.py dynamicvit --warmup 1 --repeats 3
+    python tools/benchmark.py dynamicvit --arch deit-b --sizes 512x512 --keep-ratios 0.9 0.7 0.5
+"""
+import argparse
+from typing import Dict, List, Tuple
+
+import torch
+
+from plugin.models.backbones import DynamicViT
+from plugin.utils import count_macs, median_latency_ms
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    try:
+        height, width = (int(side) for side in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'sizes are HxW with integer sides, e.g. 800x1216, got {text!r}')
+    return height, width
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--arch', choices=['deit-s', 'deit-b'], default='deit-s')
+    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(512, 512), (800, 1216)], metavar='HxW')
+    parser.add_argument('--keep-ratios', type=float, nargs='+', default=[0.7, 0.5], metavar='RHO')
+    parser.add_argument('--batch', type=int, default=1)
+
+
+def build_variants(arch: str, keep_ratios: List[float]) -> List[Tuple[str, float, DynamicViT]]:
+    """(name, rho, model) for the dense backbone and one DynamicViT per keep ratio, all with the same ViT weights."""
+    torch.manual_seed(0)
+    dense = DynamicViT(arch=arch, pruning_locs=(), drop_path_rate=0.)
+    dense.init_weights()
+    variants = [('dense (no predictor)', 1.0, dense)]
+    for rho in keep_ratios:
+        model = DynamicViT(arch=arch, keep_ratio=rho, drop_path_rate=0.)
+        model.init_weights()
+        model.load_state_dict(dense.state_dict(), strict=False)
+        variants.append(('DynamicViT', rho, model))
+    return variants
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+    variants = build_variants(args.arch, args.keep_ratios)
+    rows = []
+    for height, width in args.sizes:
+        images = torch.randn(args.batch, 3, height, width, device=args.device)
+        dense_macs = dense_ms = None
+        for name, rho, model in variants:
+            model.to(args.device).eval()
+            macs = count_macs(model, images) / args.batch
+            latency = median_latency_ms(lambda model=model: model(images), args.device, args.warmup, args.repeats)
+            dense_macs, dense_ms = dense_macs or macs, dense_ms or latency
+            rows.append({'backbone': f'{args.arch} {name}', 'rho': rho, 'input': f'{height}x{width}',
+                         'batch': args.batch, 'tokens kept after block 9': f'{rho**3:.0%}',
+                         'GMACs/img': macs / 1e9, 'MACs ratio': dense_macs / macs,
+                         'latency ms': latency, 'speedup': dense_ms / latency})
+    return rows

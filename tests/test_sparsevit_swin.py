@@ -1,4 +1,5 @@
 """SparseViTSwin against mmdet's SwinTransformer and against a literal re-implementation of the paper's algorithm."""
+import math
 import re
 from unittest import mock
 
@@ -78,7 +79,7 @@ def reference_sparsevit(swin: SwinTransformer, x: torch.Tensor, ratios):
                 act_windows, _ = _pad_roll_partition(activity, ws, shift)
                 scores = act_windows[..., 0].norm(dim=-1)
                 rankings[shift] = scores.topk(num_windows, dim=1).indices
-            keep = (rankings[shift][:, :int(num_windows * (1 - ratio))] if activity is not None
+            keep = (rankings[shift][:, :math.floor(round(num_windows * (1 - ratio), 6))] if activity is not None
                     else torch.arange(num_windows).expand(B, -1))
             stage_kept.append(keep)
             if keep.shape[1] == 0:
@@ -177,7 +178,7 @@ def test_kept_windows_are_top_k_of_stage_scores_per_image():
         act_windows, _ = _pad_roll_partition(activity, 7, block.shift_size)
         scores = act_windows[..., 0].norm(dim=-1)
         k = kept.shape[1]
-        assert k == int(scores.shape[1] * 0.5)
+        assert k == scores.shape[1] // 2
         for image in range(2):
             assert set(kept[image].tolist()) == set(scores[image].topk(k).indices.tolist())
     assert set(ours.kept_windows[0][0][0].tolist()) != set(ours.kept_windows[0][0][1].tolist())

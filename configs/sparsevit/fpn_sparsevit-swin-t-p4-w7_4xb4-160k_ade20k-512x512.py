@@ -5,6 +5,8 @@ custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
 
 pretrained = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth'  # noqa
 model = dict(
+    # The base config's ResNet checkpoint would reach the backbone as `pretrained`.
+    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='SparseViTSwin',

@@ -1,0 +1,133 @@
+"""MACs, and optionally latency, of the backbone and of the whole model of one or more configs.
+
+    python tools/count_macs.py CONFIG [CONFIG ...] [--shape H W] [--pruning-ratios JSON] [--latency]
+    python tools/count_macs.py mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco.py \\
+        configs/sparsevit/mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672_cfg1.py --latency
+
+MACs come from torch's FLOP counter, which sees every matrix product that runs,
+attention (``scaled_dot_product_attention``) included, so a pruned SparseViT
+backbone is charged only for the windows it keeps. "model" is the network
+forward without post-processing (``mode='tensor'``, mmdet's get_flops
+convention): for Mask R-CNN backbone, neck, RPN with its proposal NMS and the
+RoI heads on the proposals (mask head on the first 100). The weights are random
+(or --checkpoint), which sets how many proposals the RoI heads see. Ratios of
+speed and MACs are relative to the first config; every number comes from this run.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.hub import get_config
+from mmengine.registry import MODELS, init_default_scope
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tools')]
+
+from benchmark import device_name, markdown_table  # noqa: E402
+from plugin.search.evaluation import load_trusted_checkpoint  # noqa: E402
+from plugin.search.space import parse_pruning_ratios  # noqa: E402
+from plugin.utils import count_macs, median_latency_ms  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files or package::path')
+    parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'))
+    parser.add_argument('--pruning-ratios', type=parse_pruning_ratios, default=None,
+                        help='JSON ratios for every SparseViT backbone, e.g. 0.5 or '
+                             '[[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]]')
+    parser.add_argument('--checkpoint', default=None, help='weights for every config (default: random)')
+    parser.add_argument('--latency', action='store_true', help='also time backbone and model')
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the latency measurement')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10, help='timed runs; the median is reported')
+    return parser.parse_args(argv)
+
+
+def load_config(name: str) -> Config:
+    return get_config(name) if '::' in name else Config.fromfile(name)
+
+
+def dummy_data_samples(scope: str, shape: Sequence[int], batch: int) -> Optional[list]:
+    """Data samples with the meta-information a forward pass needs, or None where it needs none."""
+    meta = dict(img_shape=tuple(shape), ori_shape=tuple(shape), pad_shape=tuple(shape),
+                batch_input_shape=tuple(shape), scale_factor=(1., 1.))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        return [DetDataSample(metainfo=meta) for _ in range(batch)]
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+        return [SegDataSample(metainfo=meta) for _ in range(batch)]
+    return None
+
+
+def build(cfg: Config, args: argparse.Namespace) -> nn.Module:
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    if args.checkpoint:
+        load_trusted_checkpoint(model, args.checkpoint)
+    if args.pruning_ratios is not None:
+        if not callable(getattr(model.backbone, 'set_pruning_ratios', None)):
+            raise TypeError(f'--pruning-ratios needs a SparseViT backbone, '
+                            f'the config has {type(model.backbone).__name__}')
+        model.backbone.set_pruning_ratios(args.pruning_ratios)
+    model.eval()
+    return model
+
+
+def measure(name: str, args: argparse.Namespace) -> Dict[str, object]:
+    cfg = load_config(name)
+    model = build(cfg, args)
+    scope = cfg.get('default_scope', 'mmdet')
+    row: Dict[str, object] = {'config': Path(name.split('::')[-1]).stem,
+                              'pruning ratios': json.dumps(getattr(model.backbone, 'pruning_ratios', None))}
+
+    def runners(batch: int, device: torch.device):
+        """Callables running the backbone and the whole model (None where the task is not supported)."""
+        inputs = torch.randn(batch, 3, *args.shape, device=device)
+        samples = dummy_data_samples(scope, args.shape, batch)
+        run_model = None if samples is None else (lambda: model(inputs, samples, mode='tensor'))
+        return (lambda: model.backbone(inputs)), run_model
+
+    backbone_fn, model_fn = runners(1, torch.device('cpu'))
+    row['backbone GMACs'] = count_macs(backbone_fn) / 1e9
+    row['model GMACs'] = count_macs(model_fn) / 1e9 if model_fn else None
+    if args.latency:
+        device = torch.device(args.device)
+        model.to(device)
+        backbone_fn, model_fn = runners(args.batch, device)
+        row['backbone ms'] = median_latency_ms(backbone_fn, device, args.warmup, args.repeats)
+        row['model ms'] = median_latency_ms(model_fn, device, args.warmup, args.repeats) if model_fn else None
+    return row
+
+
+def add_ratios_to_first(rows: List[Dict[str, object]]) -> None:
+    """Speedup and MACs reduction of every row against the first."""
+    first = rows[0]
+    for row in rows:
+        for part in ('backbone', 'model'):
+            if row.get(f'{part} GMACs') and first.get(f'{part} GMACs'):
+                row[f'{part} MACs ratio'] = first[f'{part} GMACs'] / row[f'{part} GMACs']
+            if row.get(f'{part} ms') and first.get(f'{part} ms'):
+                row[f'{part} speedup'] = first[f'{part} ms'] / row[f'{part} ms']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+    args = parse_args(argv)
+    rows = [measure(name, args) for name in args.configs]
+    add_ratios_to_first(rows)
+    where = f', latency at batch {args.batch} on {device_name(torch.device(args.device))}' if args.latency else ''
+    print(f'# MACs at {args.shape[0]}x{args.shape[1]}{where}, torch {torch.__version__}')
+    print(markdown_table(rows))
+    return rows
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,107 @@
+"""Evolutionary search of SparseViT's layer-wise pruning ratios inside a MACs or latency window.
+
+    python tools/search_sparsity.py CONFIG CHECKPOINT --constraint macs --max 150 --min 120
+    python tools/search_sparsity.py CONFIG CHECKPOINT --constraint latency --max 42 --min 37 --resume
+
+CHECKPOINT is the sparsity-aware adapted model (configs/sparsevit/*_saa_*). Each
+candidate is scored by the config's own evaluator (box AP for mmdet, mIoU for
+mmseg, or --metric) on the first --num-val-images of its validation set. The
+budget is the backbone's: GMACs per image at --shape (attention included, only
+kept windows charged), or its median latency in ms for a batch of
+--latency-batch images on the current device.
+
+Writes to --work-dir: search_log.jsonl (every measured candidate; --resume
+continues it), candidates.csv, pruning_ratios.py (the best configuration as a
+config fragment) and search.png (metric against budget, Pareto front marked).
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from mmengine.config import Config, DictAction
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from plugin.engine.hooks import find_sparse_backbone  # noqa: E402
+from plugin.models.utils.sparsity import RATIO_CHOICES  # noqa: E402
+from plugin.search import (EvolutionarySearch, LatencyBudget, MacsBudget, SearchSettings,  # noqa: E402
+                           SubsetEvaluator, build_model, plot_search, write_csv,
+                           write_pruning_ratios_fragment)
+from plugin.search.evolution import SearchResult  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', help='the adapted (SAA) checkpoint: a path or URL')
+    parser.add_argument('--constraint', choices=['macs', 'latency'], required=True,
+                        help='macs: backbone GMACs per image; latency: backbone ms per batch')
+    parser.add_argument('--max', type=float, required=True, help='largest budget allowed (GMACs or ms)')
+    parser.add_argument('--min', type=float, default=0., help='smallest budget allowed (GMACs or ms)')
+    parser.add_argument('--population', type=int, default=100, help='candidates per generation')
+    parser.add_argument('--generations', type=int, default=20, help='generations, the random one included')
+    parser.add_argument('--topk', type=int, default=25, help='parents: the best candidates so far')
+    parser.add_argument('--mutation-prob', type=float, default=0.1)
+    parser.add_argument('--choices', type=float, nargs='+', default=list(RATIO_CHOICES),
+                        help='ratios a block pair may take')
+    parser.add_argument('--num-val-images', type=int, default=500,
+                        help='first N validation images scored per candidate (0 = all)')
+    parser.add_argument('--metric', default=None, help='metric key to maximise (default: coco/bbox_mAP or mIoU)')
+    parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'),
+                        help='input size at which the budget is measured')
+    parser.add_argument('--latency-batch', type=int, default=4, help='batch size of latency measurements')
+    parser.add_argument('--warmup', type=int, default=10, help='latency: untimed calls first')
+    parser.add_argument('--repeats', type=int, default=30, help='latency: timed calls; the median is used')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--work-dir', default=None,
+                        help='default: work_dirs/search_<config>_<constraint>_<min>-<max>')
+    parser.add_argument('--resume', action='store_true', help='continue the search log in --work-dir')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--max-attempts', type=int, default=1000,
+                        help='proposals per candidate before rejection sampling gives up')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    work_dir = Path(args.work_dir or
+                    f'work_dirs/search_{Path(args.config).stem}_{args.constraint}_{args.min:g}-{args.max:g}')
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(cfg, args.checkpoint, args.device)
+    backbone = find_sparse_backbone(model)
+    if args.constraint == 'macs':
+        budget = MacsBudget(backbone, args.shape)
+    else:
+        budget = LatencyBudget(backbone, args.shape, args.latency_batch, args.warmup, args.repeats)
+    evaluate = SubsetEvaluator(cfg, model, args.num_val_images or None, args.metric)
+    settings = SearchSettings(
+        depths=backbone.depths, min_budget=args.min, max_budget=args.max, budget_name=budget.name,
+        population_size=args.population, generations=args.generations, topk=args.topk,
+        mutation_prob=args.mutation_prob, choices=tuple(args.choices), seed=args.seed,
+        max_attempts=args.max_attempts)
+    search = EvolutionarySearch(evaluate, budget, settings, log_path=work_dir / 'search_log.jsonl',
+                                resume=args.resume, progress=not args.no_progress)
+    result = search.run()
+
+    metric_name = evaluate.metric or 'metric'
+    fragment = write_pruning_ratios_fragment(work_dir / 'pruning_ratios.py', result, settings, metric_name)
+    write_csv(work_dir / 'candidates.csv', result.records, result.pareto)
+    plot_search(work_dir / 'search.png', result, settings, metric_name)
+    print(f'\nEvaluated {len(result.records)} candidates; Pareto front ({metric_name} vs {settings.budget_name}):')
+    for record in result.pareto:
+        print(f"  {record['budget']:10.4g}  {record['metric']:.4f}  {record['pruning_ratios']}")
+    print(f'\n{fragment}\nWritten to {work_dir}: search_log.jsonl, candidates.csv, pruning_ratios.py, search.png')
+    return result
+
+
+if __name__ == '__main__':
+    main()

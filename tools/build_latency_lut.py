@@ -1,0 +1,78 @@
+"""Measure the latency lookup table of an EfficientFormer supernet's candidate blocks on this device.
+
+    python tools/build_latency_lut.py --input-size 512 512 --out lut.json \
+        --widths 48,64 96,128 224,320 448,512 --depths 4 4 12 6 --num-vit 4
+    python tools/build_latency_lut.py --config configs/efficientformer/slimming/SUPERNET.py \
+        --input-size 512 512 --out lut.json --device cuda
+
+Every candidate (stem, downsampling, 4D and 3D MetaBlock, output norm) at each
+width and feature-map size is run alone at batch 1: --warmup runs, then the
+median of --repeats. On a shared CPU, --threads 1 avoids thread-synchronisation
+stalls that would swamp small blocks. The JSON keeps the device name, the
+thread count and the search space, which tools/slim.py reads.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from mmengine.config import Config
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugin.slimming import build_latency_lut  # noqa: E402
+
+
+def stage_widths(text: str) -> List[int]:
+    """'48,64' -> [48, 64]."""
+    try:
+        widths = [int(w) for w in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'a stage\'s widths are comma-separated integers, got {text!r}')
+    if any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f'widths must be positive, got {text!r}')
+    return widths
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', help='a supernet config: its model.backbone gives widths, depths, num_vit')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), required=True)
+    parser.add_argument('--out', required=True, help='the JSON lookup table to write')
+    parser.add_argument('--widths', type=stage_widths, nargs='+', metavar='W1,W2,...',
+                        default=[[32, 40, 48], [64, 80, 96], [160, 192, 224], [320, 384, 448]],
+                        help='candidate widths per stage (default: the L1 supernet)')
+    parser.add_argument('--depths', type=int, nargs='+', default=[3, 2, 6, 4], help='MetaPaths per stage')
+    parser.add_argument('--num-vit', type=int, default=2, help='3D MetaPaths at the end of the last stage')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads); default: torch\'s')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=20)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.config:
+        backbone = Config.fromfile(args.config).model.backbone
+        space = dict(width_choices=[sorted(w) for w in backbone.width_choices], depths=list(backbone.depths),
+                     num_vit=backbone.num_vit)
+    else:
+        space = dict(width_choices=[sorted(w) for w in args.widths], depths=args.depths, num_vit=args.num_vit)
+    if len(space['width_choices']) != len(space['depths']) or not 0 <= space['num_vit'] <= space['depths'][-1]:
+        raise ValueError(f'need one width list per stage and 0 <= num_vit <= depths[-1], got {space}')
+    lut = build_latency_lut(space, args.input_size, args.device, args.warmup, args.repeats,
+                            progress=lambda keys: tqdm(keys, desc='measuring', unit='block'))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(lut, f, indent=1)
+    print(f'{len(lut["entries"])} entries measured on {lut["device"]} -> {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,76 @@
+"""Slim a trained EfficientFormer supernet to a latency budget with a lookup table.
+
+    python tools/slim.py work_dirs/supernet/iter_160000.pth --lut lut.json --budget-ms 20 --out slimmed.py
+    python tools/slim.py none --lut lut.json --budget-ms 20 --out slimmed.py   # uniform importance
+
+The supernet (a training checkpoint, or the backbone's weights) gives the
+importance scores; 'none' scores every choice alike, so only latency decides.
+Each step is printed with its predicted latency; the final EfficientFormer is
+then built and timed on this device, and predicted and measured latency printed.
+--out is a config fragment: ``model.backbone`` of the slimmed EfficientFormer.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugin.models.backbones import EfficientFormerSupernet  # noqa: E402
+from plugin.models.backbones.efficientformer_convert import (checkpoint_state_dict,  # noqa: E402
+                                                             load_checkpoint_file)
+from plugin.models.backbones.sparsevit_swin import extract_backbone_state_dict  # noqa: E402
+from plugin.slimming import measure_config_latency, predict_latency, slim, write_config  # noqa: E402
+from plugin.slimming.greedy import SubNetwork  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoint', help="the trained supernet's checkpoint, or 'none'")
+    parser.add_argument('--lut', required=True, help='table from tools/build_latency_lut.py')
+    parser.add_argument('--budget-ms', type=float, required=True)
+    parser.add_argument('--out', required=True, help='config fragment to write')
+    parser.add_argument('--device', default='cpu', help='where to measure the final network')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=20)
+    return parser.parse_args(argv)
+
+
+def load_importance(checkpoint: str, space: dict) -> dict:
+    """Importance scores of the supernet of ``space``, trained (``checkpoint``) or uniform ('none')."""
+    supernet = EfficientFormerSupernet(**space)
+    if checkpoint.lower() != 'none':
+        state_dict = extract_backbone_state_dict(checkpoint_state_dict(load_checkpoint_file(checkpoint)))
+        supernet.load_state_dict(state_dict)
+    return supernet.importance()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    with open(args.lut) as f:
+        lut = json.load(f)
+    # Time the final network under the threads the table was measured with.
+    torch.set_num_threads(lut['threads'])
+    importance = load_importance(args.checkpoint, lut['space'])
+    full = SubNetwork.full(lut['space'])
+    print(f'lookup table: {args.lut} ({lut["device"]}, input {lut["input_size"]})')
+    print(f'full supernet {full.config()}: predicted {predict_latency(lut, full.entries(lut["input_size"])):.3f} ms')
+    net, steps = slim(lut, importance, args.budget_ms)
+    for i, step in enumerate(steps, 1):
+        print(f'step {i:>2}: {step.describe()}')
+    config = net.config()
+    predicted = predict_latency(lut, net.entries(lut['input_size']))
+    measured = measure_config_latency(config, lut['input_size'], args.device, args.warmup, args.repeats)
+    write_config(args.out, config, [
+        f'EfficientFormer slimmed by tools/slim.py to a {args.budget_ms} ms budget at input {lut["input_size"]}',
+        f'on {lut["device"]}: predicted {predicted:.3f} ms, measured {measured:.3f} ms ({args.device}).'])
+    print(f'slimmed {config}')
+    print(f'predicted {predicted:.3f} ms, measured {measured:.3f} ms on {args.device} '
+          f'({(measured - predicted) / predicted:+.1%}) -> {args.out}')
+
+
+if __name__ == '__main__':
+    main()

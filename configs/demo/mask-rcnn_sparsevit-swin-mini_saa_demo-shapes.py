@@ -1,0 +1,11 @@
+# Demo: sparsity-aware adaptation of the demo detector (a new random layer-wise sparsity every
+# iteration), continuing from its dense training (tools/demo.py sets load_from).
+_base_ = './mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
+
+custom_hooks = [dict(type='SparsityAwareAdaptationHook', eval_pruning_ratios=0.)]
+
+max_iters = 200
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]
+optim_wrapper = dict(optimizer=dict(lr=2e-4))
+default_hooks = dict(checkpoint=dict(interval=max_iters))

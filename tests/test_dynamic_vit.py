@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from plugin.models.backbones import DynamicViT
-from plugin.models.backbones.dynamic_vit import DynamicBlock, keep_ratio_loss, policy_softmax
+from plugin.models.backbones.dynamic_vit import DynamicBlock, policy_softmax
+from plugin.models.utils.token_pruning import keep_ratio_loss
 
 TINY = dict(embed_dims=48, depth=6, num_heads=3, pruning_locs=(1, 3, 5), drop_path_rate=0.)
 

@@ -355,3 +355,48 @@ def test_loads_mmdet_detector_checkpoint_and_official_release(tmp_path):
         getattr(model, f'norm{i}').load_state_dict(getattr(reference, f'norm{i}').state_dict())
     with torch.no_grad():
         assert max_diff(expected, model.eval()(x)) <= 1e-5
+
+
+def _top_half_decisions(log_probs, hard=True):
+    """Stands in for hard Gumbel-Softmax: keep exactly the top half of the windows by keep score."""
+    keep = torch.zeros_like(log_probs[..., 0])
+    k = math.floor(log_probs.shape[1] * 0.5 + 1e-9)
+    keep.scatter_(1, log_probs[..., 0].topk(k, dim=1).indices, 1.)
+    return torch.stack([keep, 1 - keep], dim=-1)
+
+
+def test_learned_scorer_training_path_equals_inference_path_for_the_same_decisions():
+    torch.manual_seed(0)
+    model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[0.5, 0.5, 0.5, 0.])
+    x = torch.randn(2, 3, 97, 130)
+    model.eval()
+    with torch.no_grad():
+        inference = model(x)
+    model.train()
+    with mock.patch('torch.nn.functional.gumbel_softmax', side_effect=_top_half_decisions), torch.no_grad():
+        training = model(x)
+    assert max_diff(inference, training) <= 1e-5
+
+
+def test_learned_scorer_trains_predictor_and_reports_keep_ratio_loss():
+    torch.manual_seed(0)
+    model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[[0.3, 0.5], 0., [0.2, 0.2, 0.4, 0.4], 0.])
+    model.train()
+    outs = model(torch.randn(2, 3, 97, 130))
+    losses = model.auxiliary_losses()
+    assert set(losses) == {'loss_window_keep_ratio'} and torch.isfinite(losses['loss_window_keep_ratio'])
+    (sum(o.square().mean() for o in outs) + losses['loss_window_keep_ratio']).backward()
+    for stage in (0, 2):
+        grads = [p.grad for p in model.stages[stage].window_scorer.parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 97, 130))
+    assert model.auxiliary_losses() == {}
+    # 97x130 -> 25x33 tokens -> 4x5 windows of 7: ratio 0.3 keeps 14, ratio 0.5 keeps 10.
+    assert [k.shape for k in model.kept_windows[0]] == [(1, 14), (1, 10)]
+
+
+def test_bad_scorer_raises():
+    with pytest.raises(ValueError, match="scorer must be 'l2'"):
+        SparseViTSwin(**TINY, scorer='random')

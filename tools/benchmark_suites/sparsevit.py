@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modes', nargs='+', choices=['eager', 'graph', 'compile'], default=['eager'])
     parser.add_argument('--ratios', nargs='+', default=['0', '0.3', '0.6', '0.8', *PAPER_CONFIGS],
                         help='uniform ratios and/or names of the paper configurations')
+    parser.add_argument('--learned-ratios', nargs='*', default=['0.6', 'paper cfg2'],
+                        help="the same, for rows with scorer='learned' (the predictor's cost included)")
 
 
 def dense_reference() -> Tuple[str, Optional[torch.nn.Module]]:
@@ -62,6 +64,10 @@ def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[
     return graph.replay
 
 
+def variant_name(name: str) -> str:
+    return name if name in PAPER_CONFIGS else f'uniform {name}'
+
+
 def parse_ratios(name: str):
     return PAPER_CONFIGS[name] if name in PAPER_CONFIGS else float(name)
 
@@ -74,8 +80,13 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     if reference is not None:
         ours.load_state_dict(reference.state_dict())
     variants = [(reference_name, reference, None)] if reference is not None else []
-    variants += [(f'SparseViTSwin {name}' if name in PAPER_CONFIGS else f'SparseViTSwin uniform {name}',
-                  ours, parse_ratios(name)) for name in args.ratios]
+    variants += [(f'SparseViTSwin {variant_name(name)}', ours, parse_ratios(name)) for name in args.ratios]
+    if args.learned_ratios:
+        # Random predictor weights: its cost, not its choices, is what the timing measures.
+        learned = SparseViTSwin(drop_path_rate=0., scorer='learned')
+        learned.load_state_dict(ours.state_dict(), strict=False)
+        variants += [(f'SparseViTSwin learned scorer {variant_name(name)}', learned, parse_ratios(name))
+                     for name in args.learned_ratios]
 
     image = torch.randn(1, 3, *args.size)
     macs = {}

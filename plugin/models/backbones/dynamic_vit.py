@@ -35,6 +35,8 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, checkpoint_filter_fn
 from torch.nn.modules.module import _IncompatibleKeys
 
+from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
+
 ARCH_SETTINGS = {
     'deit-s': dict(embed_dims=384, depth=12, num_heads=6),
     'deit-b': dict(embed_dims=768, depth=12, num_heads=12),
@@ -92,35 +94,6 @@ class DynamicBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-class TokenKeepPredictor(nn.Module):
-    """The paper's prediction module: per token, log-probabilities of (keep, drop).
-
-    Each token's local feature (first half of the channels after an MLP) is joined
-    with a global feature (the second half, averaged over the tokens still kept),
-    and a second MLP scores the pair. Submodule names and layout are the authors',
-    so the predictor weights of their ImageNet checkpoints load by name.
-    """
-
-    def __init__(self, embed_dims: int) -> None:
-        super().__init__()
-        self.in_conv = nn.Sequential(nn.LayerNorm(embed_dims), nn.Linear(embed_dims, embed_dims), nn.GELU())
-        self.out_conv = nn.Sequential(
-            nn.Linear(embed_dims, embed_dims // 2), nn.GELU(),
-            nn.Linear(embed_dims // 2, embed_dims // 4), nn.GELU(),
-            nn.Linear(embed_dims // 4, 2), nn.LogSoftmax(dim=-1))
-
-    def forward(self, tokens: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-        """tokens ``(B, N, C)``, policy ``(B, N, 1)`` (1 = still kept) -> ``(B, N, 2)``."""
-        x = self.in_conv(tokens)
-        half = x.shape[-1] // 2
-        local_features, global_features = x[..., :half], x[..., half:]
-        # At least one, so an image that dropped every token gets a zero global feature, not NaN.
-        num_kept = policy.sum(1, keepdim=True).clamp_min(1.)
-        global_features = (global_features * policy).sum(1, keepdim=True) / num_kept
-        global_features = global_features.expand(-1, local_features.shape[1], -1)
-        return self.out_conv(torch.cat([local_features, global_features], dim=-1))
-
-
 class SimpleFeaturePyramid(BaseModule):
     """ViTDet's simple feature pyramid: stride 4, 8, 16 and 32 maps from the stride-16 map.
 
@@ -152,17 +125,6 @@ class SimpleFeaturePyramid(BaseModule):
 
     def forward(self, feature_map: torch.Tensor) -> List[torch.Tensor]:
         return [branch(feature_map) for branch in self.branches]
-
-
-def keep_ratio_loss(kept_fractions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
-    """The paper's ratio loss: per pruning stage, the mean over images of (kept fraction - target)^2.
-
-    Averaged over stages. kept_fractions: per stage a ``(B,)`` tensor, each image's kept fraction of the grid.
-    """
-    if len(kept_fractions) != len(targets) or not targets:
-        raise ValueError(f'keep_ratio_loss needs one kept-fraction tensor per target, got '
-                         f'{len(kept_fractions)} tensors for {len(targets)} targets')
-    return torch.stack([((fraction - target)**2).mean() for fraction, target in zip(kept_fractions, targets)]).mean()
 
 
 def _gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

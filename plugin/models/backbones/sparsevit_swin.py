@@ -35,6 +35,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import to_2tuple
 
 from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
+from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
 from ..utils.window_ops import (WindowGrid, batched_token_positions, build_window_grid,
                                 padded_shape, window_l2_scores)
 
@@ -222,6 +223,7 @@ class SparseSwinBlockSequence(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
+                 scorer: str = 'l2',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         drop_path_rates = drop_path_rate if isinstance(drop_path_rate, list) else [drop_path_rate] * depth
@@ -243,6 +245,10 @@ class SparseSwinBlockSequence(BaseModule):
                 with_cp=with_cp) for i in range(depth)
         ])
         self.downsample = downsample
+        # DynamicViT's predictor, pooled per window, replaces the L2 ranking when scorer='learned'.
+        self.window_scorer = TokenKeepPredictor(embed_dims) if scorer == 'learned' else None
+        self.kept_fractions: List[torch.Tensor] = []
+        self.keep_targets: List[float] = []
 
     def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int], ratios: Sequence[float]
                 ) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor, Tuple[int, int],
@@ -266,13 +272,28 @@ class SparseSwinBlockSequence(BaseModule):
         grids: Dict[int, WindowGrid] = {
             shift: build_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
         rankings: Optional[Dict[int, torch.Tensor]] = None
+        window_log_probs: Optional[Dict[int, torch.Tensor]] = None
+        decisions: Dict[int, torch.Tensor] = {}
         kept_per_block: List[Optional[torch.Tensor]] = []
+        self.kept_fractions, self.keep_targets = [], []
         for block, ratio in zip(self.blocks, ratios):
             grid = grids[block.shift_size]
             num_windows = grid.token_index.shape[0]
             if ratio > 0 and rankings is None:
-                rankings = self._rank_windows(buffer.detach().view(batch, tokens_per_image, channels),
-                                              hw_shape, grids)
+                tokens = buffer.view(batch, tokens_per_image, channels)
+                if self.window_scorer is None:
+                    rankings = self._rank_windows(tokens.detach(), hw_shape, grids)
+                else:
+                    # A copy: the predictor keeps its input for backward, the blocks overwrite the buffer.
+                    window_log_probs = self._learned_window_log_probs(tokens.clone(), hw_shape, grids)
+                    rankings = {shift: log_probs[..., 0].topk(num, dim=1).indices
+                                for shift, log_probs in window_log_probs.items()
+                                for num in [log_probs.shape[1]]}
+            if window_log_probs is not None and self.training:
+                self._run_with_gumbel_decisions(block, ratio, buffer, grid, window_log_probs, decisions,
+                                                tokens_per_image)
+                kept_per_block.append(None)
+                continue
             if rankings is None:
                 kept = None
                 window_tokens = grid.token_index.expand(batch, -1, -1)
@@ -296,22 +317,67 @@ class SparseSwinBlockSequence(BaseModule):
         x_down, down_hw_shape = self.downsample(out, hw_shape)
         return x_down, down_hw_shape, out, hw_shape, kept_per_block
 
+    def _inside_map(self, hw_shape: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+        """``(Hp*Wp,)`` True for tokens of the unpadded map; None when nothing is padded."""
+        Hp, Wp = padded_shape(hw_shape, self.window_size)
+        if (Hp, Wp) == tuple(hw_shape):
+            return None
+        rows = torch.arange(Hp, device=device)
+        cols = torch.arange(Wp, device=device)
+        return ((rows < hw_shape[0])[:, None] & (cols < hw_shape[1])[None, :]).view(-1)
+
     def _rank_windows(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
                       grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
         """Rank every grid's windows once, from the padded tokens ``(B, Hp*Wp, C)`` entering the first pruned block."""
         activity = tokens.abs().mean(-1)
-        Hp, Wp = padded_shape(hw_shape, self.window_size)
-        if (Hp, Wp) != tuple(hw_shape):
+        inside = self._inside_map(hw_shape, tokens.device)
+        if inside is not None:
             # Padded tokens count as zero activation, as in the reference implementation.
-            rows = torch.arange(Hp, device=tokens.device)
-            cols = torch.arange(Wp, device=tokens.device)
-            inside = ((rows < hw_shape[0])[:, None] & (cols < hw_shape[1])[None, :]).view(-1)
             activity = activity.masked_fill(~inside, 0.)
         rankings = {}
         for shift, grid in grids.items():
             scores = window_l2_scores(activity, grid.token_index)
             rankings[shift] = scores.topk(scores.shape[1], dim=1).indices
         return rankings
+
+    def _learned_window_log_probs(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
+                                  grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
+        """Per grid ``(B, nW, 2)`` log-probabilities of (keep, drop): the predictor's token scores averaged per window."""
+        inside = self._inside_map(hw_shape, tokens.device)
+        policy = tokens.new_ones(tokens.shape[:2]) if inside is None else inside.to(tokens.dtype).expand(
+            tokens.shape[0], -1)
+        token_log_probs = self.window_scorer(tokens, policy.unsqueeze(-1))
+        window_log_probs = {}
+        for shift, grid in grids.items():
+            per_token = token_log_probs[:, grid.token_index]
+            weights = torch.ones_like(grid.token_index, dtype=tokens.dtype) if grid.valid is None \
+                else grid.valid.to(tokens.dtype)
+            pooled = (per_token * weights[..., None]).sum(2) / weights.sum(1)[:, None]
+            window_log_probs[shift] = pooled.log_softmax(-1)
+        return window_log_probs
+
+    def _run_with_gumbel_decisions(self, block: SparseSwinBlock, ratio: float, buffer: torch.Tensor,
+                                   grid: WindowGrid, window_log_probs: Dict[int, torch.Tensor],
+                                   decisions: Dict[int, torch.Tensor], tokens_per_image: int) -> None:
+        """Training with the learned scorer: every window runs, a hard Gumbel decision picks output or input.
+
+        The decision is straight-through, so the task loss trains the predictor; a dropped
+        window stays dropped for the rest of the stage, as at inference.
+        """
+        shift = block.shift_size
+        log_probs = window_log_probs[shift]
+        previous = decisions.get(shift, torch.ones_like(log_probs[..., 0]))
+        decision = F.gumbel_softmax(log_probs, hard=True)[..., 0] * previous
+        decisions[shift] = decision
+        self.kept_fractions.append(decision.mean(1))
+        self.keep_targets.append(1.0 - ratio)
+        batch, channels = decision.shape[0], buffer.shape[1]
+        window_tokens = grid.token_index.expand(batch, -1, -1)
+        rows = batched_token_positions(window_tokens, tokens_per_image)
+        windows = buffer.index_select(0, rows).view(*window_tokens.shape, channels)
+        out = block(windows, grid.attn_mask, grid.valid)
+        mixed = windows + decision[..., None, None].to(out.dtype) * (out - windows)
+        buffer.index_copy_(0, rows, mixed.reshape(-1, channels).to(buffer.dtype))
 
 
 @MODELS.register_module()
@@ -322,6 +388,10 @@ class SparseViTSwin(BaseModule):
         pruning_ratios (float | list): One float for every block, or one entry per
             stage: a float for all its blocks or a list with one ratio per block.
             Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense.
+        scorer (str): 'l2' ranks windows by activation norm (the paper); 'learned'
+            by a DynamicViT-style predictor per stage, trained with hard Gumbel
+            decisions and ``loss_window_keep_ratio`` (see :meth:`auxiliary_losses`).
+        keep_ratio_loss_weight (float): Weight of that loss.
         arch (str, optional): 'tiny', 'small' or 'base' sets ``embed_dims``,
             ``depths`` and ``num_heads``; None uses the explicit arguments.
         The other arguments are those of mmdet's ``SwinTransformer``.
@@ -352,6 +422,8 @@ class SparseViTSwin(BaseModule):
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
                  pruning_ratios: Union[float, Sequence] = 0.,
+                 scorer: str = 'l2',
+                 keep_ratio_loss_weight: float = 2.,
                  arch: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if arch is not None:
@@ -367,6 +439,9 @@ class SparseViTSwin(BaseModule):
         bad_indices = [i for i in out_indices if not 0 <= i < len(depths)]
         if bad_indices:
             raise ValueError(f'out_indices {tuple(out_indices)} must lie in [0, {len(depths)})')
+        if scorer not in ('l2', 'learned'):
+            raise ValueError(f"scorer must be 'l2' (the paper's activation norm) or 'learned' "
+                             f"(a DynamicViT-style predictor), got {scorer!r}")
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('init_cfg and pretrained cannot be set at the same time')
@@ -378,6 +453,7 @@ class SparseViTSwin(BaseModule):
         self.frozen_stages = frozen_stages
         self.out_indices = tuple(out_indices)
         self.use_abs_pos_embed = use_abs_pos_embed
+        self.keep_ratio_loss_weight = keep_ratio_loss_weight
         self.depths = tuple(depths)
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
         self.kept_windows: List[List[Optional[torch.Tensor]]] = []
@@ -422,7 +498,8 @@ class SparseViTSwin(BaseModule):
                 downsample=downsample,
                 act_cfg=act_cfg,
                 norm_cfg=norm_cfg,
-                with_cp=with_cp))
+                with_cp=with_cp,
+                scorer=scorer))
             if downsample is not None:
                 channels = downsample.out_channels
 
@@ -433,6 +510,17 @@ class SparseViTSwin(BaseModule):
     def set_pruning_ratios(self, pruning_ratios: Union[float, Sequence]) -> None:
         """Change the per-block ratios (same forms and checks as the constructor argument)."""
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
+
+    def auxiliary_losses(self) -> Dict[str, torch.Tensor]:
+        """``loss_window_keep_ratio`` of the last training forward with the learned scorer; {} otherwise.
+
+        The detector/segmentor subclasses in ``plugin.models.detectors`` add it to their losses.
+        """
+        fractions = [f for stage in self.stages for f in stage.kept_fractions]
+        if not fractions:
+            return {}
+        targets = [t for stage in self.stages for t in stage.keep_targets]
+        return {'loss_window_keep_ratio': self.keep_ratio_loss_weight * keep_ratio_loss(fractions, targets)}
 
     def train(self, mode: bool = True) -> 'SparseViTSwin':
         super().train(mode)

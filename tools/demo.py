@@ -107,9 +107,12 @@ def markdown_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
-def save_detection_pictures(runner: Runner, cfg: Config, out_dir: Path) -> List[Path]:
-    """Predictions and kept windows per stage for the first validation images."""
-    from mmdet.apis import inference_detector
+def save_pictures(runner: Runner, cfg: Config, out_dir: Path, name: str, with_windows: bool) -> List[Path]:
+    """Predictions on the first validation images, with the kept windows per stage when ``with_windows``."""
+    if cfg.default_scope == 'mmdet':
+        from mmdet.apis import inference_detector as inference
+    else:
+        from mmseg.apis import inference_model as inference
     model = runner.model
     model.cfg = cfg
     dataset = runner.test_dataloader.dataset
@@ -117,29 +120,15 @@ def save_detection_pictures(runner: Runner, cfg: Config, out_dir: Path) -> List[
     for index in range(min(NUM_PICTURES, len(dataset))):
         image_path = dataset.get_data_info(index)['img_path']
         with DefaultScope.overwrite_default_scope(cfg.default_scope):
-            sample = inference_detector(model, image_path)
+            sample = inference(model, image_path)
         image = mmcv.imread(image_path, channel_order='rgb')
         picture = prediction_picture(cfg.visualizer, dataset.metainfo, image, sample)
-        panels = kept_window_masks(model.backbone, sample.metainfo['batch_input_shape'])
-        figure = draw_kept_windows(image, panels, sample.metainfo['img_shape'], picture)
-        paths.append(out_dir / f'detection_windows_{index}.png')
-        figure.savefig(paths[-1])
-    return paths
-
-
-def save_segmentation_pictures(runner: Runner, cfg: Config, out_dir: Path) -> List[Path]:
-    from mmseg.apis import inference_model
-    model = runner.model
-    model.cfg = cfg
-    dataset = runner.test_dataloader.dataset
-    paths = []
-    for index in range(min(NUM_PICTURES, len(dataset))):
-        image_path = dataset.get_data_info(index)['img_path']
-        with DefaultScope.overwrite_default_scope(cfg.default_scope):
-            sample = inference_model(model, image_path)
-        image = mmcv.imread(image_path, channel_order='rgb')
-        paths.append(out_dir / f'segmentation_{index}.png')
-        mmcv.imwrite(prediction_picture(cfg.visualizer, dataset.metainfo, image, sample)[..., ::-1], str(paths[-1]))
+        paths.append(out_dir / f'{name}_{index}.png')
+        if with_windows:
+            panels = kept_window_masks(model.backbone, sample.metainfo['batch_input_shape'])
+            draw_kept_windows(image, panels, sample.metainfo['img_shape'], picture).savefig(paths[-1])
+        else:
+            mmcv.imwrite(picture[..., ::-1], str(paths[-1]))
     return paths
 
 
@@ -188,8 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
 
     print('[demo] 5/5 pictures and results')
     backbone.set_pruning_ratios(stage_ratios(PICTURE_RATIO, backbone.depths))
-    pictures = save_detection_pictures(saa_runner, saa_cfg, work_dir)
-    pictures += save_segmentation_pictures(seg_runner, seg_cfg, work_dir)
+    pictures = save_pictures(saa_runner, saa_cfg, work_dir, 'detection_windows', with_windows=True)
+    pictures += save_pictures(seg_runner, seg_cfg, work_dir, 'segmentation', with_windows=False)
     table = markdown_table(rows)
     (work_dir / 'results.md').write_text(table + '\n')
     (work_dir / 'results.json').write_text(json.dumps(rows, indent=1))

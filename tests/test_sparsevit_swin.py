@@ -6,11 +6,12 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from mmcv.cnn.bricks.transformer import PatchMerging
 from mmdet.models.backbones.swin import SwinTransformer, swin_converter
 from mmengine.registry import MODELS
 
 from plugin.models.backbones import SparseViTSwin
-from plugin.models.backbones.sparsevit_swin import SparseSwinBlockSequence
+from plugin.models.backbones.sparsevit_swin import SparseSwinBlockSequence, TokenPatchMerging
 from plugin.models.utils.sparsity import normalize_pruning_ratios
 
 TINY = dict(embed_dims=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4), drop_path_rate=0.)
@@ -400,3 +401,16 @@ def test_learned_scorer_trains_predictor_and_reports_keep_ratio_loss():
 def test_bad_scorer_raises():
     with pytest.raises(ValueError, match="scorer must be 'l2'"):
         SparseViTSwin(**TINY, scorer='random')
+
+
+@pytest.mark.parametrize('hw_shape', [(7, 9), (8, 10), (1, 1)])
+def test_token_patch_merging_equals_mmcv_without_unfolding(hw_shape):
+    mmcv_merging = PatchMerging(16, 32, stride=2, norm_cfg=dict(type='LN'))
+    ours = TokenPatchMerging(16, 32, stride=2, norm_cfg=dict(type='LN'))
+    ours.load_state_dict(mmcv_merging.state_dict())
+    x = torch.randn(2, hw_shape[0] * hw_shape[1], 16)
+    expected, expected_shape = mmcv_merging(x, hw_shape)
+    with mock.patch.object(PatchMerging, 'forward', side_effect=AssertionError('fell back to mmcv')):
+        out, out_shape = ours(x, hw_shape)
+    assert out_shape == expected_shape
+    assert torch.equal(out, expected)

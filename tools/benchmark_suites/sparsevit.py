@@ -6,6 +6,7 @@ limit that the MACs promise). Modes: ``eager``; ``graph`` replays a captured CUD
 graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``.
 """
 import argparse
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -33,34 +34,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same, for rows with scorer='learned' (the predictor's cost included)")
 
 
+def _load_mmdet_swin_without_ops() -> type:
+    """mmdet's ``SwinTransformer`` where mmcv has no compiled ops (mmcv-lite).
+
+    ``mmdet.models`` imports modules that need ``mmcv.ops``; Swin itself needs
+    only ``backbones/swin.py`` and the patch layers of ``layers/transformer/utils.py``,
+    so those two source files are loaded on their own.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    import mmdet
+
+    package_dir = Path(mmdet.__file__).parent / 'models'
+
+    def load(module_name: str, path: Path) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    for name in ('mmdet.models', 'mmdet.models.backbones'):
+        package = types.ModuleType(name)
+        package.__path__ = []
+        sys.modules.setdefault(name, package)
+    sys.modules['mmdet.models.layers'] = load('mmdet.models.layers', package_dir / 'layers/transformer/utils.py')
+    return load('mmdet.models.backbones.swin', package_dir / 'backbones/swin.py').SwinTransformer
+
+
 def dense_reference() -> Tuple[str, Optional[torch.nn.Module]]:
     try:
         from mmdet.models.backbones import SwinTransformer
-    except ImportError:
-        print('mmdet is not installed: the dense reference is SparseViTSwin at ratio 0')
-        return 'SparseViTSwin ratio 0 (dense)', None
+    except ImportError as error:
+        try:
+            SwinTransformer = _load_mmdet_swin_without_ops()
+            print(f'mmdet.models failed to import ({error}); loaded mmdet\'s swin.py on its own')
+        except ImportError:
+            print('mmdet is not installed: the dense reference is SparseViTSwin at ratio 0')
+            return 'SparseViTSwin ratio 0 (dense)', None
     return "mmdet SwinTransformer (dense)", SwinTransformer(drop_path_rate=0.)
 
 
 def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
-    """A no-argument callable that runs ``model`` on ``x`` in the given execution mode."""
+    """A no-argument callable that runs ``model`` on ``x`` in the given execution mode.
+
+    Half-precision runs also enable autocast: mmdet's Swin adds its fp32 shift-mask
+    buffer to fp16 scores, which only autocast reconciles; for models already in
+    half precision it changes nothing.
+    """
+    autocast = torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32)
+
+    def forward(module: Callable) -> object:
+        with torch.no_grad(), autocast:
+            return module(x)
+
     if mode == 'eager':
-        return lambda: model(x)
+        return lambda: forward(model)
     if mode == 'compile':
         torch._dynamo.reset()
-        compiled = torch.compile(model, fullgraph=True)
-        return lambda: compiled(x)
+        # Ours must trace as one graph; the reference may break into several.
+        compiled = torch.compile(model, fullgraph=isinstance(model, SparseViTSwin))
+        return lambda: forward(compiled)
     if x.device.type != 'cuda':
         raise ValueError('mode "graph" (CUDA graph replay) needs a CUDA device')
     side_stream = torch.cuda.Stream()
     side_stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side_stream), torch.no_grad():
+    with torch.cuda.stream(side_stream):
         for _ in range(3):
-            model(x)
+            forward(model)
     torch.cuda.current_stream().wait_stream(side_stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        model(x)
+    with torch.cuda.graph(graph):
+        forward(model)
     return graph.replay
 
 

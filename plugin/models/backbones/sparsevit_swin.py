@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules.module import _IncompatibleKeys
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging, build_dropout
@@ -36,14 +37,35 @@ from mmengine.utils import to_2tuple
 
 from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
-from ..utils.window_ops import (WindowGrid, batched_token_positions, build_window_grid,
-                                padded_shape, window_l2_scores)
+from ..utils.window_ops import (WindowGrid, batched_token_positions,
+                                build_window_grid, gather_rows, pad_to_mask_alignment, padded_shape,
+                                scatter_rows_, window_l2_scores)
+
+# cuDNN's fused attention takes a 49-token window with an additive mask about 4x
+# slower than the memory-efficient kernel on an H100 (fp16); leave it out.
+WINDOW_ATTENTION_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 ARCH_SETTINGS = {
     'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
     'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
+
+
+def layer_norm_in_input_precision(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, but under autocast a LayerNorm runs in ``x``'s half precision.
+
+    Autocast runs LayerNorm in fp32: a cast of the input and an fp32 output twice
+    its size, only for the next linear layer to cast it back. The half-precision
+    kernel accumulates in fp32 anyway; on an H100 this is a fifth of the fp16 forward.
+    """
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    if not (half and isinstance(norm, nn.LayerNorm) and torch.is_autocast_enabled(x.device.type)):
+        return norm(x)
+    with torch.autocast(x.device.type, enabled=False):
+        weight = None if norm.weight is None else norm.weight.to(x.dtype)
+        bias = None if norm.bias is None else norm.bias.to(x.dtype)
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
 class WindowMSA(BaseModule):
@@ -91,17 +113,31 @@ class WindowMSA(BaseModule):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
 
+    def attention_mask(self, shift_mask: Optional[torch.Tensor], num_windows: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """Relative-position bias plus the shift mask, ``(num_heads, N, N)`` or ``(num_windows, num_heads, N, N)``.
+
+        Built in SDPA's aligned layout (see ``pad_to_mask_alignment``) and in the
+        attention's dtype, so that the largest tensor of a block is written once.
+        """
+        tokens = self.window_size**2
+        mask = pad_to_mask_alignment(self.relative_position_bias().to(dtype))
+        if shift_mask is not None:
+            mask = mask + shift_mask.to(dtype).unsqueeze(2)
+            batch = num_windows // shift_mask.shape[1]
+            mask = mask.expand(batch, -1, -1, -1, -1).reshape(num_windows, *mask.shape[2:])
+        return mask[..., :tokens]
+
     def forward(self, x: torch.Tensor, shift_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: ``(num_windows, N, C)``; shift_mask: ``(num_windows, N, N)`` or None."""
+        """x: ``(B * k, N, C)``; shift_mask: ``(B or 1, k, N, Np)`` in the padded layout of
+        ``WindowGrid.attn_mask``, or None."""
         num_windows, tokens, channels = x.shape
         qkv = self.qkv(x).view(num_windows, tokens, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn_bias = self.relative_position_bias()
-        if shift_mask is not None:
-            attn_bias = attn_bias + shift_mask.unsqueeze(1)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias.to(q.dtype),
-            dropout_p=self.attn_drop_rate if self.training else 0., scale=self.scale)
+        with sdpa_kernel(WINDOW_ATTENTION_BACKENDS):
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=self.attention_mask(shift_mask, num_windows, q.dtype),
+                dropout_p=self.attn_drop_rate if self.training else 0., scale=self.scale)
         x = x.transpose(1, 2).reshape(num_windows, tokens, channels)
         return self.proj_drop(self.proj(x))
 
@@ -134,10 +170,8 @@ class ShiftWindowMSA(BaseModule):
         self.drop = build_dropout(dropout_layer)
 
     def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """windows: ``(B, k, N, C)``; shift_mask: broadcastable to ``(B, k, N, N)`` or None."""
+        """windows: ``(B, k, N, C)``; shift_mask: ``(B or 1, k, N, Np)`` (see ``WindowMSA.forward``) or None."""
         batch, num_windows, tokens, channels = windows.shape
-        if shift_mask is not None:
-            shift_mask = shift_mask.expand(batch, num_windows, tokens, tokens).reshape(-1, tokens, tokens)
         out = self.w_msa(windows.reshape(-1, tokens, channels), shift_mask)
         # Stochastic depth drops a whole image's branch, as in the dense model.
         return self.drop(out.view(batch, num_windows, tokens, channels))
@@ -190,19 +224,45 @@ class SparseSwinBlock(BaseModule):
 
     def _forward_windows(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor],
                          valid: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.norm1(windows)
+        x = layer_norm_in_input_precision(self.norm1, windows)
         if valid is not None:
             # mmdet pads *after* norm1, so padded tokens enter attention as zeros.
             x = x.masked_fill(~valid.unsqueeze(-1), 0.)
         x = windows + self.attn(x, shift_mask)
-        return self.ffn(self.norm2(x), identity=x)
+        return self.ffn(layer_norm_in_input_precision(self.norm2, x), identity=x)
 
     def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor] = None,
                 valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """windows ``(B, k, N, C)``; shift_mask and valid broadcastable to ``(B, k, N, N)``/``(B, k, N)``."""
+        """windows ``(B, k, N, C)``; shift_mask ``(B or 1, k, N, Np)`` and valid broadcastable to ``(B, k, N)``."""
         if self.with_cp and windows.requires_grad:
             return cp.checkpoint(self._forward_windows, windows, shift_mask, valid, use_reentrant=False)
         return self._forward_windows(windows, shift_mask, valid)
+
+
+class TokenPatchMerging(PatchMerging):
+    """mmcv's ``PatchMerging``, computed in the token layout for Swin's setting (2x2, stride 2, corner padding).
+
+    mmcv permutes the map to NCHW and unfolds it: two passes over the map and an
+    im2col kernel. Grouping the 2x2 neighbours with a view and one permute gives the
+    same tensor in one pass. Same parameters; other settings run mmcv's forward.
+    """
+
+    def forward(self, x: torch.Tensor, input_size: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        H, W = input_size
+        corner_padding = self.adaptive_padding is not None and self.adaptive_padding.padding == 'corner'
+        swin_setting = (tuple(self.sampler.kernel_size) == tuple(self.sampler.stride) == (2, 2)
+                        and tuple(self.sampler.dilation) == (1, 1) and tuple(self.sampler.padding) == (0, 0))
+        if not swin_setting or not (corner_padding or (H % 2 == 0 and W % 2 == 0)):
+            return super().forward(x, input_size)
+        batch, _, channels = x.shape
+        x = F.pad(x.view(batch, H, W, channels), (0, 0, 0, W % 2, 0, H % 2))
+        out_h, out_w = x.shape[1] // 2, x.shape[2] // 2
+        # nn.Unfold's channel order: input channel, then kernel row, then kernel column.
+        x = x.view(batch, out_h, 2, out_w, 2, channels).permute(0, 1, 3, 5, 2, 4)
+        x = x.reshape(batch, out_h * out_w, 4 * channels)
+        if self.norm is not None:
+            x = layer_norm_in_input_precision(self.norm, x)
+        return self.reduction(x), (out_h, out_w)
 
 
 class SparseSwinBlockSequence(BaseModule):
@@ -297,7 +357,8 @@ class SparseSwinBlockSequence(BaseModule):
             if rankings is None:
                 kept = None
                 window_tokens = grid.token_index.expand(batch, -1, -1)
-                shift_mask, valid = grid.attn_mask, grid.valid
+                shift_mask = None if grid.attn_mask is None else grid.attn_mask.unsqueeze(0)
+                valid = grid.valid
             else:
                 kept = rankings[block.shift_size][:, :num_kept_windows(num_windows, ratio)]
                 window_tokens = grid.token_index[kept]
@@ -307,9 +368,9 @@ class SparseSwinBlockSequence(BaseModule):
             if window_tokens.shape[1] == 0:
                 continue
             rows = batched_token_positions(window_tokens, tokens_per_image)
-            windows = buffer.index_select(0, rows).view(*window_tokens.shape, channels)
+            windows = gather_rows(buffer, rows).view(*window_tokens.shape, channels)
             out = block(windows, shift_mask, valid)
-            buffer.index_copy_(0, rows, out.reshape(-1, channels).to(buffer.dtype))
+            scatter_rows_(buffer, rows, out.reshape(-1, channels))
 
         out = buffer.view(batch, Hp, Wp, channels)[:, :H, :W].reshape(batch, H * W, channels)
         if self.downsample is None:
@@ -374,10 +435,10 @@ class SparseSwinBlockSequence(BaseModule):
         batch, channels = decision.shape[0], buffer.shape[1]
         window_tokens = grid.token_index.expand(batch, -1, -1)
         rows = batched_token_positions(window_tokens, tokens_per_image)
-        windows = buffer.index_select(0, rows).view(*window_tokens.shape, channels)
-        out = block(windows, grid.attn_mask, grid.valid)
+        windows = gather_rows(buffer, rows).view(*window_tokens.shape, channels)
+        out = block(windows, None if grid.attn_mask is None else grid.attn_mask.unsqueeze(0), grid.valid)
         mixed = windows + decision[..., None, None].to(out.dtype) * (out - windows)
-        buffer.index_copy_(0, rows, mixed.reshape(-1, channels).to(buffer.dtype))
+        scatter_rows_(buffer, rows, mixed.reshape(-1, channels))
 
 
 @MODELS.register_module()
@@ -479,7 +540,7 @@ class SparseViTSwin(BaseModule):
         for i, depth in enumerate(depths):
             downsample = None
             if i < len(depths) - 1:
-                downsample = PatchMerging(
+                downsample = TokenPatchMerging(
                     in_channels=channels,
                     out_channels=2 * channels,
                     stride=strides[i + 1],

@@ -22,8 +22,9 @@ class WindowGrid(NamedTuple):
     """One window partition of a stage's padded feature map.
 
     token_index: ``(nW, N)`` positions in the flat padded grid (``Hp * Wp``).
-    attn_mask: ``(nW, N, N)`` additive mask between tokens of one window that
-        came from different regions of the cyclic shift; ``None`` without shift.
+    attn_mask: ``(nW, N, Np)`` additive mask between tokens of one window that
+        came from different regions of the cyclic shift, its rows zero-padded to
+        ``Np`` columns (``pad_to_mask_alignment``); ``None`` without shift.
     valid: ``(nW, N)`` True for tokens inside the unpadded map; ``None`` when
         the map needed no padding.
     """
@@ -74,7 +75,8 @@ def build_window_grid(hw_shape: Tuple[int, int], window_size: int, shift_size: i
 
         labels = _partition(region(Hp)[:, None] * 3 + region(Wp)[None, :], window_size)
         different = labels[:, :, None] != labels[:, None, :]
-        attn_mask = torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
+        attn_mask = pad_to_mask_alignment(
+            torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE))
 
     valid = None
     if (Hp, Wp) != (H, W):
@@ -97,3 +99,47 @@ def batched_token_positions(window_tokens: torch.Tensor, tokens_per_image: int) 
     batch = window_tokens.shape[0]
     offsets = torch.arange(batch, device=window_tokens.device) * tokens_per_image
     return (window_tokens + offsets.view(batch, 1, 1)).reshape(-1)
+
+
+def _word_view(rows: torch.Tensor) -> Optional[torch.Tensor]:
+    """``rows`` ``(R, C)`` reinterpreted as 8-byte words, when that is exact and no gradient is needed.
+
+    Index kernels move one element per thread: moving a 96-channel fp16 row as 24
+    words instead of 96 halves is 2x faster on a GPU. ``view(dtype)`` has no
+    gradient, so training keeps the element-wise path.
+    """
+    row_bytes = rows.shape[1] * rows.element_size()
+    if rows.requires_grad and torch.is_grad_enabled() or row_bytes % 8 or not rows.is_contiguous():
+        return None
+    return rows.view(torch.int64)
+
+
+def gather_rows(buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``buffer[rows]`` for a flat token buffer ``(R, C)``."""
+    words = _word_view(buffer)
+    return buffer.index_select(0, rows) if words is None else words.index_select(0, rows).view(buffer.dtype)
+
+
+def scatter_rows_(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """``buffer[rows] = values`` in place."""
+    values = values.to(buffer.dtype)
+    buffer_words, value_words = _word_view(buffer), _word_view(values.contiguous())
+    if buffer_words is None or value_words is None:
+        buffer.index_copy_(0, rows, values)
+    else:
+        buffer_words.index_copy_(0, rows, value_words)
+
+
+# SDPA's fused kernels read an additive mask without copying it only when every
+# stride but the last is a multiple of this many elements.
+ATTENTION_MASK_ALIGNMENT = 16
+
+
+def pad_to_mask_alignment(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with its last dimension zero-padded to a multiple of ``ATTENTION_MASK_ALIGNMENT``.
+
+    Swin windows have 49 tokens; sliced back to 49 columns, a mask computed in
+    this layout reaches the memory-efficient kernel without the copy that an
+    unpadded ``(.., 49, 49)`` mask costs on every call.
+    """
+    return torch.nn.functional.pad(mask, (0, -mask.shape[-1] % ATTENTION_MASK_ALIGNMENT))

@@ -5,6 +5,7 @@ that mmdet, mmseg and mmdet3d configs (whose registries are children of the root
 build them from ``custom_imports=dict(imports=['plugin'])``.
 """
 from . import engine, models  # noqa: F401  (imported for registration)
+from . import evaluation  # noqa: F401
 from .version import __version__
 
 __all__ = ['__version__']

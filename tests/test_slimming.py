@@ -28,13 +28,7 @@ INPUT_SIZE = (64, 64)
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # Two busy cores: a second thread only adds synchronisation stalls to tiny blocks.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

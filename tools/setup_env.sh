@@ -73,11 +73,15 @@ pip_install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools || fail "m
 step "mmdet3d 1.4.0 (without its declared dependencies) and what it imports"
 pip_install --no-deps mmdet3d==1.4.0 || fail "mmdet3d install"
 pip_install numba trimesh pyquaternion shapely plyfile || fail "mmdet3d's runtime imports"
+# mmdet3d.evaluation imports the nuScenes and Lyft SDKs at start-up; their metadata pins numpy<2,
+# which this stack does not need for the code paths mmdet3d uses, so they go in bare too.
+pip_install --no-deps nuscenes-devkit lyft_dataset_sdk || fail "nuScenes/Lyft SDKs"
+pip_install pandas scikit-learn cachetools || fail "the SDKs' runtime imports"
 
 step "this project (editable)"
 pip_install --no-deps --no-build-isolation -e "$ROOT" || fail "pip install -e ."
 
-"$PY" -c "import torch, mmcv, mmdet, mmseg, mmengine, timm; import mmcv.ops" || fail "final import check"
+"$PY" -c "import torch, mmcv, mmdet, mmseg, mmengine, timm, mmdet3d.evaluation; import mmcv.ops" || fail "final import check"
 rm -f "$VENV"/.effidense-*
 touch "$STAMP"
 step "done: $VENV"

@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tools' / 'benchmark_suites')]
 
 from plugin.models.backbones import SparseViTSwin  # noqa: E402
+from plugin.utils import capture_cuda_graph  # noqa: E402
 from sparsevit import dense_reference  # noqa: E402
 
 MIXED_RATIOS = [[0.3, 0.3], [0.2, 0.4], [0.1, 0.1, 0.5, 0.5, 0.6, 0.6], [0., 0.5]]
@@ -33,17 +34,10 @@ def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 
 def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
-    """``model(x)`` captured as a CUDA graph and replayed once on a fresh copy of ``x``."""
+    """``model(x)`` captured as a CUDA graph on a zero input, then replayed once on a copy of ``x``."""
     static_x = torch.zeros_like(x)
-    side_stream = torch.cuda.Stream()
-    side_stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side_stream), torch.no_grad():
-        for _ in range(3):
-            model(static_x)
-    torch.cuda.current_stream().wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        static_out = model(static_x)
+    with torch.no_grad():
+        graph, static_out = capture_cuda_graph(lambda: model(static_x))
     static_x.copy_(x)
     graph.replay()
     torch.cuda.synchronize()

@@ -1,3 +1,3 @@
-from .profiling import count_macs, median_latency_ms
+from .profiling import capture_cuda_graph, count_macs, median_latency_ms
 
-__all__ = ['count_macs', 'median_latency_ms']
+__all__ = ['capture_cuda_graph', 'count_macs', 'median_latency_ms']

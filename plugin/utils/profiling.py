@@ -1,7 +1,7 @@
 """MACs counting and latency measurement shared by the benchmark, the search and the slimming tools."""
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -50,3 +50,21 @@ def median_latency_ms(fn: Callable[[], Any],
             _synchronize(device)
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def capture_cuda_graph(forward: Callable[[], Any], warmup: int = 3) -> Tuple['torch.cuda.CUDAGraph', Any]:
+    """``forward()`` captured as a CUDA graph, after ``warmup`` calls on a side stream (as capture needs).
+
+    Returns the graph and the output tensors of the captured call: ``graph.replay()``
+    reruns the work on the same input buffers and rewrites those outputs in place.
+    """
+    side_stream = torch.cuda.Stream()
+    side_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side_stream):
+        for _ in range(warmup):
+            forward()
+    torch.cuda.current_stream().wait_stream(side_stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = forward()
+    return graph, output

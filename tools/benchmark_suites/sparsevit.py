@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from plugin.models.backbones import SparseViTSwin
-from plugin.utils import count_macs, median_latency_ms
+from plugin.utils import capture_cuda_graph, count_macs, median_latency_ms
 
 PAPER_CONFIGS = {
     'paper cfg1': [[0.3, 0.3], [0., 0.], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0., 0.]],
@@ -99,15 +99,7 @@ def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[
         return lambda: forward(compiled)
     if x.device.type != 'cuda':
         raise ValueError('mode "graph" (CUDA graph replay) needs a CUDA device')
-    side_stream = torch.cuda.Stream()
-    side_stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side_stream):
-        for _ in range(3):
-            forward(model)
-    torch.cuda.current_stream().wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward(model)
+    graph, _ = capture_cuda_graph(lambda: forward(model))
     return graph.replay
 
 

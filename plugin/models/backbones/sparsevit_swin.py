@@ -39,7 +39,7 @@ from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
 from ..utils.window_ops import (WindowGrid, batched_token_positions,
                                 build_window_grid, gather_rows, pad_to_mask_alignment, padded_shape,
-                                scatter_rows_, window_l2_scores)
+                                scatter_rows_, window_l2_scores, windows_by_score)
 
 # cuDNN's fused attention takes a 49-token window with an additive mask about 4x
 # slower than the memory-efficient kernel on an H100 (fp16); leave it out.
@@ -346,9 +346,8 @@ class SparseSwinBlockSequence(BaseModule):
                 else:
                     # A copy: the predictor keeps its input for backward, the blocks overwrite the buffer.
                     window_log_probs = self._learned_window_log_probs(tokens.clone(), hw_shape, grids)
-                    rankings = {shift: log_probs[..., 0].topk(num, dim=1).indices
-                                for shift, log_probs in window_log_probs.items()
-                                for num in [log_probs.shape[1]]}
+                    rankings = {shift: windows_by_score(log_probs[..., 0])
+                                for shift, log_probs in window_log_probs.items()}
             if window_log_probs is not None and self.training:
                 self._run_with_gumbel_decisions(block, ratio, buffer, grid, window_log_probs, decisions,
                                                 tokens_per_image)
@@ -357,7 +356,7 @@ class SparseSwinBlockSequence(BaseModule):
             if rankings is None:
                 kept = None
                 window_tokens = grid.token_index.expand(batch, -1, -1)
-                shift_mask = None if grid.attn_mask is None else grid.attn_mask.unsqueeze(0)
+                shift_mask = grid.all_windows_attn_mask()
                 valid = grid.valid
             else:
                 kept = rankings[block.shift_size][:, :num_kept_windows(num_windows, ratio)]
@@ -395,11 +394,8 @@ class SparseSwinBlockSequence(BaseModule):
         if inside is not None:
             # Padded tokens count as zero activation, as in the reference implementation.
             activity = activity.masked_fill(~inside, 0.)
-        rankings = {}
-        for shift, grid in grids.items():
-            scores = window_l2_scores(activity, grid.token_index)
-            rankings[shift] = scores.topk(scores.shape[1], dim=1).indices
-        return rankings
+        return {shift: windows_by_score(window_l2_scores(activity, grid.token_index))
+                for shift, grid in grids.items()}
 
     def _learned_window_log_probs(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
                                   grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
@@ -436,7 +432,7 @@ class SparseSwinBlockSequence(BaseModule):
         window_tokens = grid.token_index.expand(batch, -1, -1)
         rows = batched_token_positions(window_tokens, tokens_per_image)
         windows = gather_rows(buffer, rows).view(*window_tokens.shape, channels)
-        out = block(windows, None if grid.attn_mask is None else grid.attn_mask.unsqueeze(0), grid.valid)
+        out = block(windows, grid.all_windows_attn_mask(), grid.valid)
         mixed = windows + decision[..., None, None].to(out.dtype) * (out - windows)
         scatter_rows_(buffer, rows, mixed.reshape(-1, channels))
 

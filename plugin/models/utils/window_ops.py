@@ -32,6 +32,10 @@ class WindowGrid(NamedTuple):
     attn_mask: Optional[torch.Tensor]
     valid: Optional[torch.Tensor]
 
+    def all_windows_attn_mask(self) -> Optional[torch.Tensor]:
+        """``attn_mask`` as a block running every window takes it: ``(1, nW, N, Np)``, or None."""
+        return None if self.attn_mask is None else self.attn_mask.unsqueeze(0)
+
 
 def padded_shape(hw_shape: Tuple[int, int], window_size: int) -> Tuple[int, int]:
     """Height and width rounded up to multiples of the window size."""
@@ -92,6 +96,11 @@ def window_l2_scores(token_activity: torch.Tensor, token_index: torch.Tensor) ->
     Returns ``(B, nW)``.
     """
     return torch.linalg.vector_norm(token_activity[:, token_index], ord=2, dim=-1)
+
+
+def windows_by_score(scores: torch.Tensor) -> torch.Tensor:
+    """``(B, nW)`` window indices per image, highest score first (a block keeps a prefix)."""
+    return scores.topk(scores.shape[1], dim=1).indices
 
 
 def batched_token_positions(window_tokens: torch.Tensor, tokens_per_image: int) -> torch.Tensor:

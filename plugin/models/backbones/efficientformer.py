@@ -233,6 +233,17 @@ def check_arch(arch: Optional[str], settings: Dict[str, dict]) -> Optional[dict]
     return settings[arch]
 
 
+def check_num_vit(num_vit: int, depths: Sequence[int]) -> None:
+    """The 3D MHSA blocks replace the last blocks of the last stage: at most ``depths[-1]`` of them."""
+    if not 0 <= num_vit <= depths[-1]:
+        raise ValueError(f'num_vit must lie in [0, depths[-1]={depths[-1]}], got {num_vit}')
+
+
+def last_stage_table_side(img_size: int, num_stages: int) -> int:
+    """Side of the last stage's attention-bias grid for an ``img_size`` image (stride ``2**(num_stages + 1)``)."""
+    return math.ceil(img_size / 2**(num_stages + 1))
+
+
 class EfficientFormerBase(BaseModule):
     """What the EfficientFormer backbones share: four stages with optional output
     norms, freezing, ``norm_eval``, checkpoint loading and Conv-BN folding.
@@ -263,6 +274,13 @@ class EfficientFormerBase(BaseModule):
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+
+    @staticmethod
+    def bias_image_size(bias_mode: str, dense_img_size: int, pretrain_img_size: int) -> int:
+        """The image size the attention-bias tables are laid out for: the dense-prediction
+        size ('official_dense', the authors' detection/segmentation tables) or the
+        classification size ('geometric', the ImageNet table)."""
+        return dense_img_size if bias_mode == 'official_dense' else pretrain_img_size
 
     def _add_output_norms(self, channels: Sequence[int], out_norm_cfg: Optional[dict]) -> None:
         for i in self.out_indices:
@@ -434,12 +452,11 @@ class EfficientFormer(EfficientFormerBase):
         if len(embed_dims) != len(depths):
             raise ValueError(f'embed_dims {tuple(embed_dims)} and depths {tuple(depths)} must have '
                              f'one entry per stage')
-        if not 0 <= num_vit <= depths[-1]:
-            raise ValueError(f'num_vit must lie in [0, depths[-1]={depths[-1]}], got {num_vit}')
+        check_num_vit(num_vit, depths)
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
 
-        img_size = dense_img_size if bias_mode == 'official_dense' else pretrain_img_size
-        table_side = math.ceil(img_size / 2**(len(depths) + 1))
+        table_side = last_stage_table_side(
+            self.bias_image_size(bias_mode, dense_img_size, pretrain_img_size), len(depths))
         self.stem = Stem4(in_channels, embed_dims[0])
         drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         self.stages = ModuleList([

@@ -14,7 +14,6 @@ weights, need no separate layers, and the slimmed network keeps the leading
 channels, which is what the mask trained. The blocks are EfficientFormer's own
 (timm's ``MetaBlock2d``, ``Downsample``, ``Stem4`` and our ``AttentionMetaBlock``).
 """
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -26,7 +25,7 @@ from mmengine.registry import MODELS
 from timm.layers import calculate_drop_path_rates
 from timm.models.efficientformer import Downsample, MetaBlock2d, Stem4
 
-from .efficientformer import AttentionMetaBlock, EfficientFormerBase
+from .efficientformer import AttentionMetaBlock, EfficientFormerBase, check_num_vit, last_stage_table_side
 
 
 class GumbelChoice(BaseModule):
@@ -170,16 +169,15 @@ class EfficientFormerSupernet(EfficientFormerBase):
         if len(width_choices) != len(depths) or any(not widths or widths[0] <= 0 for widths in width_choices):
             raise ValueError(f'width_choices needs one non-empty list of positive widths per stage '
                              f'({len(depths)} stages), got {width_choices}')
-        if not 0 <= num_vit <= depths[-1]:
-            raise ValueError(f'num_vit must lie in [0, depths[-1]={depths[-1]}], got {num_vit}')
+        check_num_vit(num_vit, depths)
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
         self.width_choices = width_choices
         self.depths = tuple(depths)
         self.num_vit = num_vit
 
         widest = [widths[-1] for widths in width_choices]
-        img_size = dense_img_size if bias_mode == 'official_dense' else pretrain_img_size
-        table_side = math.ceil(img_size / 2**(len(depths) + 1))
+        table_side = last_stage_table_side(
+            self.bias_image_size(bias_mode, dense_img_size, pretrain_img_size), len(depths))
         self.stem = Stem4(in_channels, widest[0])
         drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         last = len(depths) - 1

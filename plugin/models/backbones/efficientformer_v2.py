@@ -241,7 +241,7 @@ class EfficientFormerV2(EfficientFormerBase):
                              f'(depths {tuple(depths)})')
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
 
-        img_size = dense_img_size if bias_mode == 'official_dense' else pretrain_img_size
+        img_size = self.bias_image_size(bias_mode, dense_img_size, pretrain_img_size)
         self.stem = Stem4(in_channels, embed_dims[0], act_layer=nn.GELU, norm_layer=nn.BatchNorm2d)
         drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         self.stages = ModuleList()

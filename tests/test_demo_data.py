@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from plugin.datasets.synthetic import (CUBOID_HUE_RANGES, KITTI_CLASSES, MONO3D_CLASSES, SHAPE_CLASSES, SHAPE_PALETTE,
-                                       make_demo_data, render_shape_scene, scene_rng)
+from plugin.demo_data.synthetic import (
+    CUBOID_HUE_RANGES,
+    KITTI_CLASSES,
+    MONO3D_CLASSES,
+    SHAPE_CLASSES,
+    SHAPE_PALETTE,
+    make_demo_data,
+    render_shape_scene,
+    scene_rng,
+)
 
 IMAGE_SIZE = (96, 128)
 MONO3D_IMAGE_SIZE = (96, 320)

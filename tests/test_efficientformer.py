@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from plugin.models.backbones import EfficientFormer, EfficientFormerV2
-from plugin.models.backbones.efficientformer_convert import (convert_efficientformer_keys,
-                                                             convert_efficientformerv2_keys)
+from plugin.models.backbones.efficientformer_convert import convert_efficientformer_keys, convert_efficientformerv2_keys
 
 V1_ARCHS = ['l1', 'l3', 'l7']
 V2_ARCHS = ['s0', 's1', 's2', 'l']
@@ -330,12 +329,10 @@ def test_v1_checkpoint_layouts_load(tmp_path, layout):
         state['head.fc.weight'] = torch.zeros(1)
     path = save(tmp_path, f'{layout}.pth', state)
     if layout == 'official':
-        # As the authors' training script saves it: weights under 'model', next to its argparse arguments.
+        # As the authors' training script saves it: weights under 'model', next to its argparse arguments,
+        # which `import plugin` allow-lists for torch's weights-only loader.
         torch.save({'model': state, 'args': argparse.Namespace(model='efficientformer_l1')}, path)
-        with pytest.warns(UserWarning, match='weights_only=False'):
-            model = load_through_init_cfg(EfficientFormer, path, arch='l1', bias_mode='geometric', out_norm_cfg=None)
-    else:
-        model = load_through_init_cfg(EfficientFormer, path, arch='l1', bias_mode='geometric', out_norm_cfg=None)
+    model = load_through_init_cfg(EfficientFormer, path, arch='l1', bias_mode='geometric', out_norm_cfg=None)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert_features_close(model(x), reference.forward_intermediates(x, intermediates_only=True))
@@ -408,6 +405,14 @@ def test_odd_input_size(model_cls, arch, bias_mode):
     attention = [m for m in model.modules() if hasattr(m, 'attention_bias')]
     # The last stage attends on its 11x17 grid (V1 and V2), V2's third stage on a 11x17 stride-2 copy.
     assert attention and all(m._cached_bias[0][1] == (11, 17) for m in attention if m.query_stride == 1)
+
+
+@pytest.mark.parametrize('model_cls,arch', [(EfficientFormer, 'l1'), (EfficientFormerV2, 's0')])
+def test_empty_batch(model_cls, arch):
+    model = model_cls(arch=arch).eval()
+    with torch.no_grad():
+        empty, single = model(torch.randn(0, 3, 97, 130)), model(torch.randn(1, 3, 97, 130))
+    assert [tuple(o.shape) for o in empty] == [(0, *o.shape[1:]) for o in single]
 
 
 @pytest.mark.parametrize('model_cls,arch', [(EfficientFormer, 'l1'), (EfficientFormerV2, 's0')])
@@ -504,3 +509,10 @@ def test_configuration_errors_are_readable():
         EfficientFormer(num_vit=5)
     with pytest.raises(ValueError, match='one ratio per block'):
         EfficientFormerV2(mlp_ratios=(4, 4, (4, 4), 4))
+    # V2's attention blocks are the last num_vit of stages 3 and 4: more than either has is refused, not clamped.
+    with pytest.raises(ValueError, match=r'num_vit must lie in \[0, 4\].*stages 3 and 4 \(depths \(6, 4\)\), got 5'):
+        EfficientFormerV2(num_vit=5)
+    # An explicit argument that contradicts arch is refused instead of silently overridden.
+    with pytest.raises(ValueError, match=r"arch='l1' sets embed_dims=\(48, 96, 224, 448\), but embed_dims=\(32,"):
+        EfficientFormer(arch='l1', embed_dims=(32, 64, 128, 256))
+    assert EfficientFormer(arch='l3', num_vit=4).stages[-1].num_conv_blocks == 2

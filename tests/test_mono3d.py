@@ -35,12 +35,12 @@ from mmengine.registry import DATASETS, METRICS, MODELS, init_default_scope
 from mmengine.structures import InstanceData
 
 import plugin  # noqa: F401  (registers the project's modules)
-from plugin.datasets.synthetic import write_kitti_mono3d
+from plugin.demo_data.synthetic import write_kitti_mono3d
 
 pytest.importorskip('mmdet3d')
 from mmdet3d.structures import CameraInstance3DBoxes, Det3DDataSample, points_cam2img  # noqa: E402
 
-from plugin.evaluation import cpu_rotated_iou, rotated_iou_cpu  # noqa: E402
+from plugin.evaluation import kitti_overlaps_on_cpu, rotated_iou_cpu  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'mono3d'
 CONFIGS = sorted(CONFIG_DIR.glob('*.py'))
@@ -244,10 +244,10 @@ def test_rotated_iou_cpu_of_a_shifted_rotated_box() -> None:
         rotated_iou_cpu(box, moved, criterion=3)
 
 
-def test_cpu_rotated_iou_stands_in_for_the_kernel_module_only_inside_its_block() -> None:
+def test_kitti_overlaps_on_cpu_stands_in_for_the_kernel_module_only_inside_its_block() -> None:
     kernel_module = 'mmdet3d.evaluation.functional.kitti_utils.rotate_iou'
     before = sys.modules.get(kernel_module)
-    with cpu_rotated_iou():
+    with kitti_overlaps_on_cpu():
         from mmdet3d.evaluation.functional.kitti_utils.rotate_iou import rotate_iou_gpu_eval
         assert rotate_iou_gpu_eval is rotated_iou_cpu
     assert sys.modules.get(kernel_module) is before
@@ -290,7 +290,8 @@ def test_kitti_metric_on_cpu_scores_ground_truth_fully_and_a_shifted_box_less(tm
             for i in range(num_cars)]
     # Moved along and across its heading: the overlap is a (l - 0.5) x (w - 0.2) rectangle, IoU 4.9 / 7.9 = 0.62
     # in bird's-eye view and in 3D (same height), between KITTI's strict (0.7) and loose (0.5) car thresholds.
-    shifted = [[x + along * math.cos(yaw) + across * math.sin(yaw), y, z - along * math.sin(yaw) + across * math.cos(yaw),
+    shifted = [[x + along * math.cos(yaw) + across * math.sin(yaw), y,
+                z - along * math.sin(yaw) + across * math.cos(yaw),
                 *dims, yaw] for x, y, z, *dims, yaw in cars]
     cam2img = np.array([[721.5, 0.0, 609.6, 0.0], [0.0, 721.5, 172.9, 0.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]])
     write_car_frames(tmp_path / 'val.pkl', cars, cam2img, (375, 1242))
@@ -307,6 +308,36 @@ def test_kitti_metric_on_cpu_scores_ground_truth_fully_and_a_shifted_box_less(tm
         for difficulty in ('easy', 'moderate', 'hard'):
             assert moved[f'{kind}_AP40_{difficulty}_strict'] == 0.0, moved
             assert moved[f'{kind}_AP40_{difficulty}_loose'] == 100.0, moved
+
+
+class FirstSamples:
+    """Stands in for a dataset built with ``indices=n``: its first n samples."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get_data_info(self, index: int) -> dict:
+        return dict(sample_idx=index)
+
+
+def test_kitti_metric_of_a_subset_scores_like_an_annotation_file_of_the_subset(tmp_path: Path) -> None:
+    from plugin.search.evaluation import restrict_metrics_to_samples
+    cars = [[-3 + 6 * i / 30, 1.65, 8 + 12 * i / 30, 4.0, 1.5, 1.6, 0.3 * i / 30] for i in range(30)]
+    cam2img = np.array([[721.5, 0.0, 609.6, 0.0], [0.0, 721.5, 172.9, 0.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]])
+    write_car_frames(tmp_path / 'all.pkl', cars, cam2img, (375, 1242))
+    write_car_frames(tmp_path / 'first.pkl', cars[:12], cam2img, (375, 1242))
+    pgd_config = next(p for p in CONFIGS if p.name.startswith('pgd_sparsevit') and 'cfg' not in p.stem)
+    metric_cfg = dict(Config.fromfile(str(pgd_config)).val_evaluator, iou_device='cpu')
+    init_default_scope('mmdet3d')
+    # mmdet3d's KittiMetric expects one prediction per frame of its ann_file; the subset's file holds its 12.
+    restricted = METRICS.build(dict(metric_cfg, ann_file=str(tmp_path / 'all.pkl')))
+    restrict_metrics_to_samples([restricted], FirstSamples(12), tmp_path)
+    subset_scores = kitti_car_ap40(dict(metric_cfg, ann_file=restricted.ann_file), cars[:12])
+    assert subset_scores == kitti_car_ap40(dict(metric_cfg, ann_file=str(tmp_path / 'first.pkl')), cars[:12])
+    assert set(subset_scores.values()) != {0.0}
 
 
 def test_kitti_metric_rejects_an_unknown_iou_device() -> None:

@@ -20,8 +20,15 @@ import plugin  # noqa: F401  (registers the project's modules)
 from plugin.engine import GumbelTemperatureHook
 from plugin.models.backbones import EfficientFormer, EfficientFormerSupernet
 from plugin.models.backbones.efficientformer import AttentionMetaBlock
-from plugin.slimming import (SubNetwork, build_latency_lut, candidate_entries, predict_config_latency,
-                             predict_latency, slim, write_config)
+from plugin.slimming import (
+    SubNetwork,
+    build_latency_lut,
+    candidate_entries,
+    predict_config_latency,
+    predict_latency,
+    slim,
+    write_config,
+)
 
 SPACE = dict(width_choices=[[8, 16], [16, 24], [24, 32], [32, 48]], depths=[2, 1, 2, 3], num_vit=2)
 INPUT_SIZE = (64, 64)

@@ -12,6 +12,7 @@ from mmengine.registry import MODELS
 
 from plugin.models.backbones import SparseViTSwin
 from plugin.models.backbones.sparsevit_swin import SparseSwinBlockSequence, TokenPatchMerging
+from plugin.models.utils.checkpoint import CheckpointMismatchError
 from plugin.models.utils.sparsity import normalize_pruning_ratios
 
 TINY = dict(embed_dims=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4), drop_path_rate=0.)
@@ -138,7 +139,10 @@ def test_pruned_equals_literal_reference(size, batch):
     for stage, (ours_stage, ref_stage) in enumerate(zip(ours.kept_windows, expected_kept)):
         for block, (mine, theirs) in enumerate(zip(ours_stage, ref_stage)):
             if mine is None:
-                assert MIXED_RATIOS[stage][block] == 0 and theirs.shape[1] == expected_kept[stage][block].shape[1]
+                # A dense block: the paper's rule keeps floor((1 - 0) * nW) = every window of its grid.
+                height, width = ours.stage_hw_shapes[stage]
+                num_windows = math.ceil(height / 7) * math.ceil(width / 7)
+                assert MIXED_RATIOS[stage][block] == 0 and theirs.shape[1] == num_windows
                 continue
             assert mine.shape == theirs.shape
             for image in range(batch):
@@ -263,7 +267,7 @@ def test_compiles_without_graph_breaks_and_matches_eager():
 
 @pytest.mark.parametrize('ratios,message', [
     ([0.1, 0.2, 0.3], r'3 entries but the backbone has 4 stages'),
-    ([[0.1, 0.2, 0.3], 0., 0., 0.], r'stage 0 must be a float or a list of 2'),
+    ([[0.1, 0.2, 0.3], 0., 0., 0.], r'stage 0 must be a number or a list of 2'),
     ([0., [-0.1, 0.], 0., 0.], r'stage 1, block 0 is -0.1: ratios must lie in \[0, 1\)'),
     ([0., 0., [0., 0., 0., 0.], 1.0], r'stage 3, block 0 is 1.0'),
     ([0., 0., [0.2, 0.2, 0.1, 0.1], 0.], r'stage 2, block 2 \(0.1\) is below that of block 1 \(0.2\)'),
@@ -275,6 +279,26 @@ def test_bad_pruning_ratios_raise(ratios, message):
     with pytest.raises(ValueError, match=message):
         model.set_pruning_ratios(ratios)
     assert model.pruning_ratios == normalize_pruning_ratios(0., TINY['depths'])
+
+
+@pytest.mark.parametrize('ratios,message', [
+    ('0.5', r"pruning_ratios must be a number or a list with one entry per stage \(4 stages\), got '0.5'"),
+    ([0., '0.5', 0., 0.], r"pruning_ratios of stage 1 must be a number or a list of 2 per-block ratios, got '0.5'"),
+    ([0., [0., '0.5'], 0., 0.], r"stage 1, block 1 is '0.5' \(str\): ratios are numbers"),
+    (False, r'got False'),
+    ([0., [0., True], 0., 0.], r'stage 1, block 1 is True \(bool\)'),
+])
+def test_pruning_ratios_of_the_wrong_type_raise_type_errors(ratios, message):
+    with pytest.raises(TypeError, match=message):
+        SparseViTSwin(**TINY, pruning_ratios=ratios)
+
+
+def test_numpy_ratios_are_numbers():
+    import numpy as np
+    model = SparseViTSwin(**TINY, pruning_ratios=np.float32(0.5))
+    assert model.pruning_ratios == [[0.5, 0.5], [0.5, 0.5], [0.5] * 4, [0.5, 0.5]]
+    model.set_pruning_ratios([0., [np.float64(0.1), np.float64(0.2)], 0., 0.])
+    assert model.pruning_ratios[1] == [0.1, 0.2]
 
 
 def test_bad_architecture_arguments_raise():
@@ -323,7 +347,10 @@ def _official_swin_state_dict(mmdet_state_dict):
         elif 'downsample.norm' in key:
             value = norm_to_official(value)
         official[new_key] = value
+    # The release's classifier, its final norm and the cached shift masks of its shifted blocks.
     official['head.weight'] = torch.zeros(10, 128)
+    official['norm.weight'] = torch.ones(128)
+    official['layers.0.blocks.1.attn_mask'] = torch.zeros(4, 49, 49)
     return official
 
 
@@ -342,7 +369,8 @@ def test_loads_mmdet_detector_checkpoint_and_official_release(tmp_path):
         assert max_diff(expected, model.eval()(x)) <= 1e-5
 
     official = _official_swin_state_dict(reference.state_dict())
-    converted = {k[len('backbone.'):]: v for k, v in swin_converter(official).items()}
+    converted = {k[len('backbone.'):]: v for k, v in swin_converter(official).items()
+                 if not k.endswith('attn_mask') and k != 'backbone.norm.weight'}
     for key, value in converted.items():
         assert torch.equal(value, reference.state_dict()[key]), key
     official_ckpt = tmp_path / 'swin_tiny_patch4_window7_224.pth'
@@ -358,15 +386,15 @@ def test_loads_mmdet_detector_checkpoint_and_official_release(tmp_path):
         assert max_diff(expected, model.eval()(x)) <= 1e-5
 
 
-def _top_half_decisions(log_probs, hard=True):
-    """Stands in for hard Gumbel-Softmax: keep exactly the top half of the windows by keep score."""
-    keep = torch.zeros_like(log_probs[..., 0])
-    k = math.floor(log_probs.shape[1] * 0.5 + 1e-9)
-    keep.scatter_(1, log_probs[..., 0].topk(k, dim=1).indices, 1.)
-    return torch.stack([keep, 1 - keep], dim=-1)
+def _threshold_at_top_half(scores):
+    """Stands in for the logistic noise: a per-image shift that puts the threshold of ratio 0.5
+    between the k-th and (k+1)-th log-odds, so the training rule keeps exactly the top k."""
+    k = math.floor(scores.shape[1] * 0.5 + 1e-9)
+    top = scores.topk(k + 1, dim=1).values
+    return -(top[:, k - 1:k] + top[:, k:k + 1]) / 2 * torch.ones_like(scores)
 
 
-def test_learned_scorer_training_path_equals_inference_path_for_the_same_decisions():
+def test_learned_scorer_training_keeps_the_windows_inference_keeps_for_the_same_scores():
     torch.manual_seed(0)
     model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[0.5, 0.5, 0.5, 0.])
     x = torch.randn(2, 3, 97, 130)
@@ -374,9 +402,55 @@ def test_learned_scorer_training_path_equals_inference_path_for_the_same_decisio
     with torch.no_grad():
         inference = model(x)
     model.train()
-    with mock.patch('torch.nn.functional.gumbel_softmax', side_effect=_top_half_decisions), torch.no_grad():
+    with mock.patch('plugin.models.backbones.sparsevit_swin.sample_logistic_noise',
+                    side_effect=_threshold_at_top_half), torch.no_grad():
         training = model(x)
     assert max_diff(inference, training) <= 1e-5
+    # 97x130 -> 4x5, 2x3 and 1x2 windows in stages 1-3: every block keeps floor(n / 2) of its n.
+    for stage, num_windows in zip(model.stages[:3], (20, 6, 2)):
+        expected = torch.full((2,), (num_windows // 2) / num_windows)
+        assert len(stage.kept_fractions) == len(stage.blocks)
+        assert all(torch.equal(fraction, expected) for fraction in stage.kept_fractions)
+
+
+def test_learned_scorer_blocks_with_equal_ratios_keep_equal_shares_in_training():
+    torch.manual_seed(0)
+    model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[0., 0., [0.5] * 4, 0.]).train()
+    model(torch.randn(3, 3, 224, 224))
+    regular_0, shifted_1, regular_2, shifted_3 = model.stages[2].kept_fractions
+    # One ranking per stage and grid, the same prefix for the same ratio: no compounding across blocks.
+    assert torch.equal(regular_0, regular_2) and torch.equal(shifted_1, shifted_3)
+
+
+def test_keep_ratio_loss_alone_trains_every_block_to_its_own_target():
+    torch.manual_seed(0)
+    ratios = [[0.2, 0.2, 0.6, 0.6], 0., 0., 0.]
+    model = SparseViTSwin(embed_dims=16, depths=(4, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4,
+                          drop_path_rate=0., scorer='learned', pruning_ratios=ratios).train()
+    images = torch.randn(4, 3, 128, 128)  # stage 1: 32x32 tokens, 64 windows per grid
+    scorer = model.stages[0].window_scorer
+    with torch.no_grad():
+        scorer.out_conv[-2].bias.copy_(torch.tensor([3., -3.]))  # start far from the targets: keep almost all
+
+    def kept_fractions() -> torch.Tensor:
+        """Per block, the kept fraction in training, averaged over images and 16 draws."""
+        draws = []
+        with torch.no_grad():
+            for _ in range(16):
+                model(images)
+                draws.append(torch.stack(model.stages[0].kept_fractions).mean(1))
+        return torch.stack(draws).mean(0)
+
+    targets = torch.tensor([0.8, 0.8, 0.4, 0.4])
+    assert (kept_fractions() - targets).abs().max() > 0.5
+    optimizer = torch.optim.Adam(scorer.parameters(), lr=3e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        model(images)
+        model.auxiliary_losses()['loss_window_keep_ratio'].backward()
+        optimizer.step()
+    kept = kept_fractions()
+    assert (kept - targets).abs().max() <= 0.05, kept
 
 
 def test_learned_scorer_trains_predictor_and_reports_keep_ratio_loss():
@@ -414,3 +488,90 @@ def test_token_patch_merging_equals_mmcv_without_unfolding(hw_shape):
         out, out_shape = ours(x, hw_shape)
     assert out_shape == expected_shape
     assert torch.equal(out, expected)
+
+
+def _save_backbone(path, state_dict, prefix='backbone.', extra=None):
+    torch.save({'state_dict': {f'{prefix}{k}': v for k, v in state_dict.items()} | (extra or {}),
+                'meta': {'epoch': 1}}, path)
+    return str(path)
+
+
+def test_pretrained_prefix_is_honoured(tmp_path):
+    reference, _ = make_pair()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = reference(x)
+    # mmdet3d names the image backbone img_backbone.
+    path = _save_backbone(tmp_path / 'mono3d.pth', reference.state_dict(), 'img_backbone.',
+                          {'img_neck.conv.weight': torch.zeros(1)})
+    model = SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='img_backbone.'))
+    model.init_weights()
+    with torch.no_grad():
+        assert max_diff(expected, model.eval()(x)) <= 1e-5
+    # Without the prefix, the file holds no backbone of this model: the error lists what the file has.
+    model = SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(CheckpointMismatchError, match=r'(?s)missing keys.*img_backbone\. \(\d+\), img_neck\. \(1\)'):
+        model.init_weights()
+    with pytest.raises(CheckpointMismatchError, match=r"no key of the checkpoint starts with prefix 'neck\.'"):
+        SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='neck')).init_weights()
+
+
+def test_weights_of_another_architecture_raise_unless_partial_loading_is_asked(tmp_path):
+    torch.manual_seed(0)
+    deeper = SparseViTSwin(**{**TINY, 'depths': (2, 2, 6, 2)})
+    path = _save_backbone(tmp_path / 'deeper.pth', deeper.state_dict())
+    model = SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(CheckpointMismatchError, match=r'(?s)unexpected keys: stages\.2\.blocks\.4\..*'
+                                                      r'\[2, 2, 6, 2\] blocks per stage, the model \[2, 2, 4, 2\]'):
+        model.init_weights()
+    model = SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path, allow_partial=True))
+    model.init_weights()
+    assert torch.equal(model.stages[2].blocks[3].ffn.layers[1].weight, deeper.stages[2].blocks[3].ffn.layers[1].weight)
+    wider = SparseViTSwin(**{**TINY, 'embed_dims': 32})
+    path = _save_backbone(tmp_path / 'wider.pth', wider.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r'shape mismatches: patch_embed\.projection\.weight'):
+        SparseViTSwin(**TINY, init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights()
+
+
+def test_other_init_cfg_types_are_applied_after_the_default_init():
+    model = SparseViTSwin(**TINY, init_cfg=dict(type='Constant', layer='Linear', val=0.5, bias=0.))
+    model.init_weights()
+    assert torch.all(model.stages[0].blocks[0].attn.w_msa.qkv.weight == 0.5)
+    assert model.stages[0].blocks[0].attn.w_msa.relative_position_bias_table.abs().sum() > 0
+
+
+def test_absolute_position_embedding_with_a_non_square_pretraining_size():
+    model = SparseViTSwin(**TINY, use_abs_pos_embed=True, pretrain_img_size=(224, 320)).eval()
+    assert model.absolute_pos_embed.shape == (1, 56 * 80, TINY['embed_dims'])
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 333, 517))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(84, 130), (42, 65), (21, 33), (11, 17)]
+    # At the pretraining size the embedding is added as it is, elsewhere resampled from its own 56x80 grid.
+    grid = model.absolute_pos_embed.detach().reshape(1, 56, 80, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(84, 130), mode='bicubic', align_corners=False).flatten(2).transpose(1, 2)
+    from plugin.models.backbones.sparsevit_swin import resample_pos_embed
+    assert torch.equal(resample_pos_embed(model.absolute_pos_embed, (56, 80), (84, 130)), resized)
+
+
+@pytest.mark.parametrize('kwargs,error,message', [
+    (dict(pretrained=123), TypeError, 'pretrained must be a str'),
+    (dict(pretrain_img_size=(224, 224, 3)), ValueError, 'pretrain_img_size must be an int or a tuple of 1 or 2'),
+    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')), ValueError,
+     'init_cfg and pretrained cannot be set at the same time'),
+    (dict(strides=(2, 2, 2, 2)), ValueError, r'strides\[0\] \(2\) must equal patch_size \(4\)'),
+    (dict(arch='small', depths=(2, 2, 6, 2)), ValueError,
+     r"arch='small' sets depths=\(2, 2, 18, 2\), but depths=\(2, 2, 6, 2\) was given too"),
+])
+def test_construction_checks_of_mmdet_swin(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        SparseViTSwin(**{'drop_path_rate': 0., **kwargs})
+    # Given together with arch, an argument equal to the preset is accepted (mmdet's base configs repeat them).
+    assert SparseViTSwin(arch='tiny', embed_dims=96, depths=[2, 2, 6, 2]).depths == (2, 2, 6, 2)
+
+
+def test_a_block_that_keeps_no_window_warns():
+    model = SparseViTSwin(**TINY, pruning_ratios=[0., 0., 0., 0.5]).eval()
+    with pytest.warns(UserWarning, match=r'stage 3 has 1 window\(s\) at this input size, so block 0 at ratio 0.5 '
+                                         r'keeps floor\(0.5 x 1\) = 0'):
+        with torch.no_grad():
+            model(torch.randn(1, 3, 96, 96))

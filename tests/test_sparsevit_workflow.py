@@ -16,12 +16,20 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from plugin.datasets.synthetic import SHAPE_CLASSES, SHAPE_PALETTE, write_ade, write_coco
+from plugin.demo_data.synthetic import SHAPE_CLASSES, SHAPE_PALETTE, write_ade, write_coco
 from plugin.engine import SparsityAwareAdaptationHook
 from plugin.models.backbones import SparseViTSwin
 from plugin.models.utils.sparsity import RATIO_CHOICES, normalize_pruning_ratios
-from plugin.search import (EvolutionarySearch, LatencyBudget, MacsBudget, SearchSettings, SparsitySearchSpace,
-                           SubsetEvaluator, build_model, pareto_front)
+from plugin.search import (
+    EvolutionarySearch,
+    LatencyBudget,
+    MacsBudget,
+    SearchSettings,
+    SparsitySearchSpace,
+    SubsetEvaluator,
+    build_model,
+    pareto_front,
+)
 from plugin.utils import count_macs
 from plugin.visualization import kept_window_masks
 
@@ -266,6 +274,19 @@ def test_search_reports_an_infeasible_window_and_bad_settings():
         toy_settings(topk=1)
     with pytest.raises(ValueError, match='min_budget'):
         toy_settings(min_budget=5., max_budget=4.)
+
+
+def test_search_refuses_a_window_outside_every_configuration_at_once():
+    dense, sparsest = toy_budget([[0.] * d for d in DEPTHS]), toy_budget([[0.8] * d for d in DEPTHS])
+    budget = CountingMetric()  # counts the budget's calls
+    budget_fn = lambda ratios: (budget(ratios), toy_budget(ratios))[1]  # noqa: E731
+    for window in ((0.5 * sparsest, 0.9 * sparsest), (1.1 * dense, 1.2 * dense)):
+        budget.calls.clear()
+        with pytest.raises(ValueError, match=rf'no configuration can meet the budget window.*all ratios 0 cost '
+                                             rf'{dense:.4g} and all ratios 0.8 cost {sparsest:.4g}'):
+            EvolutionarySearch(toy_metric, budget_fn, toy_settings(min_budget=window[0], max_budget=window[1])).run()
+        # Only the two extremes were measured: no proposal was tried.
+        assert len(budget.calls) == 2
 
 
 def test_pareto_front():
@@ -548,6 +569,40 @@ def test_search_tool_end_to_end_through_the_evaluator(adapted_segmentor):
     resumed = search_tool.main(argv + ['--resume'])
     assert resumed.best == result.best and resumed.records == result.records
     assert log.read_text() == ''.join(lines)
+
+
+class GroundTruthDetector(nn.Module):
+    """Predicts exactly the ground truth of every image it runs: the true AP of any set of images is 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = tiny_backbone()
+
+    def val_step(self, data_batch: dict) -> list:
+        from mmengine.structures import InstanceData
+        samples = data_batch['data_samples']
+        for sample in samples:
+            gt = sample.gt_instances
+            scale = gt.bboxes.tensor.new_tensor(sample.scale_factor).repeat(2)
+            sample.pred_instances = InstanceData(bboxes=gt.bboxes.tensor / scale, labels=gt.labels,
+                                                 scores=torch.ones(len(gt.labels)))
+        return samples
+
+
+@pytest.mark.slow
+def test_subset_evaluator_scores_the_images_it_ran(tmp_path):
+    data_root = write_coco(tmp_path / 'data', seed=0, num_train=1, num_val=12, image_size=IMAGE_SIZE)
+    cfg = tiny_detection_cfg(data_root, tmp_path / 'work')
+    cfg.val_evaluator.metric = 'bbox'
+    model = GroundTruthDetector()
+    whole = SubsetEvaluator(cfg, model)
+    subset = SubsetEvaluator(cfg, model, num_images=3)
+    dense = normalize_pruning_ratios(0., TINY_BACKBONE['depths'])
+    assert whole(dense) == 1.0
+    # COCO's ground truth of the 9 images not run must not count as missed.
+    assert subset(dense) == 1.0
+    assert subset.describe() == 'coco/bbox_mAP (first 3 of 12 validation images)'
+    assert whole.describe() == 'coco/bbox_mAP (all 12 validation images)'
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ thread count and the search space, which tools/slim.py reads.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -21,9 +20,9 @@ import torch
 from mmengine.config import Config
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from plugin.slimming import build_latency_lut  # noqa: E402
+from plugin.models.backbones.efficientformer_supernet import supernet_search_space
+from plugin.slimming import build_latency_lut
+from plugin.utils.cli import HelpFormatter
 
 
 def stage_widths(text: str) -> List[int]:
@@ -38,7 +37,7 @@ def stage_widths(text: str) -> List[int]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--config', help='a supernet config: its model.backbone gives widths, depths, num_vit')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), required=True)
     parser.add_argument('--out', required=True, help='the JSON lookup table to write')
@@ -60,12 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     if args.config:
         backbone = Config.fromfile(args.config).model.backbone
-        space = dict(width_choices=[sorted(w) for w in backbone.width_choices], depths=list(backbone.depths),
-                     num_vit=backbone.num_vit)
+        space = supernet_search_space(backbone.width_choices, backbone.depths, backbone.num_vit)
     else:
-        space = dict(width_choices=[sorted(w) for w in args.widths], depths=args.depths, num_vit=args.num_vit)
-    if len(space['width_choices']) != len(space['depths']) or not 0 <= space['num_vit'] <= space['depths'][-1]:
-        raise ValueError(f'need one width list per stage and 0 <= num_vit <= depths[-1], got {space}')
+        space = supernet_search_space(args.widths, args.depths, args.num_vit)
     lut = build_latency_lut(space, args.input_size, args.device, args.warmup, args.repeats,
                             progress=lambda keys: tqdm(keys, desc='measuring', unit='block'))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

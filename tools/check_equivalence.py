@@ -9,24 +9,16 @@ both models compute in full precision. Exits with 1 when a difference exceeds --
 """
 import argparse
 import sys
-from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tools' / 'benchmark_suites')]
-
-from plugin.models.backbones import SparseViTSwin  # noqa: E402
-from plugin.utils import capture_cuda_graph  # noqa: E402
-from sparsevit import dense_reference  # noqa: E402
+from plugin.models.backbones import SparseViTSwin
+from plugin.utils import capture_cuda_graph
+from plugin.utils.cli import HelpFormatter, image_size
+from plugin.utils.references import mmdet_swin_transformer
 
 MIXED_RATIOS = [[0.3, 0.3], [0.2, 0.4], [0.1, 0.1, 0.5, 0.5, 0.6, 0.6], [0., 0.5]]
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    height, width = text.lower().split('x')
-    return int(height), int(width)
 
 
 def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -45,9 +37,9 @@ def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--sizes', type=parse_size, nargs='+', default=[(672, 672), (333, 517)], metavar='HxW')
+    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(672, 672), (333, 517)], metavar='HxW')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--atol', type=float, default=1e-5)
     args = parser.parse_args()
@@ -55,10 +47,10 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
 
-    reference_name, reference = dense_reference()
+    reference_name, reference = mmdet_swin_transformer(drop_path_rate=0.)
     ours = SparseViTSwin(drop_path_rate=0.)
     if reference is None:
-        print('no mmdet: only the CUDA-graph check runs')
+        print(f'{reference_name}: only the CUDA-graph check runs')
     else:
         ours.load_state_dict(reference.state_dict())
         reference.to(device).eval()

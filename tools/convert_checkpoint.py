@@ -7,50 +7,89 @@ Reads the authors', timm's (``.pth``/``.bin``/``.safetensors``) or mmpretrain's
 checkpoints. A classification checkpoint becomes backbone weights (heads
 dropped); in a detector/segmentor checkpoint only the ``backbone.`` entries are
 converted and the rest is kept, so the result also serves as ``load_from``.
+The converted weights must fit one architecture of the family (any bias mode),
+else nothing is written and the error says what does not fit.
 The backbones convert on loading as well; this saves doing it every time.
 """
 import argparse
 import sys
 from collections import OrderedDict
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plugin.models.backbones import EfficientFormer, EfficientFormerV2
+from plugin.models.backbones.efficientformer import ARCH_SETTINGS as V1_ARCHS
+from plugin.models.backbones.efficientformer_convert import KEY_CONVERTERS
+from plugin.models.backbones.efficientformer_v2 import ARCH_SETTINGS as V2_ARCHS
+from plugin.models.utils.checkpoint import (
+    CheckpointMismatchError,
+    StateDict,
+    checkpoint_state_dict,
+    load_checked,
+    read_checkpoint,
+    select_prefix,
+)
+from plugin.utils.cli import HelpFormatter
 
-from plugin.models.backbones.efficientformer_convert import (KEY_CONVERTERS, checkpoint_state_dict,  # noqa: E402
-                                                             load_checkpoint_file)
+FAMILIES = {'efficientformer': (EfficientFormer, V1_ARCHS), 'efficientformerv2': (EfficientFormerV2, V2_ARCHS)}
 
 
-def convert(state_dict: dict, model: str) -> OrderedDict:
+def convert(state_dict: StateDict, model: str) -> OrderedDict:
     """Converted weights: the backbone's part of a whole-model checkpoint, or all of a backbone one."""
     convert_keys = KEY_CONVERTERS[model]
-    state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                             for k, v in state_dict.items())
     if not any(key.startswith('backbone.') for key in state_dict):
         return convert_keys(state_dict)
-    backbone = convert_keys(OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items()
-                                        if k.startswith('backbone.')))
+    backbone = convert_keys(select_prefix(state_dict, 'backbone.'))
     converted = OrderedDict(('backbone.' + k, v) for k, v in backbone.items())
     converted.update((k, v) for k, v in state_dict.items() if not k.startswith('backbone.'))
     return converted
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fitting_architecture(backbone: StateDict, model: str, source: str) -> str:
+    """The first architecture and bias mode of the family that ``backbone`` fits, or a CheckpointMismatchError
+    with the nearest one's listing."""
+    backbone_class, archs = FAMILIES[model]
+    failures = []
+    for arch in archs:
+        for bias_mode in ('official_dense', 'geometric'):
+            candidate = backbone_class(arch=arch, bias_mode=bias_mode)
+            optional = [key for key in candidate.state_dict() if key.startswith('norm')
+                        or key.endswith('attention_biases_seg')]
+            try:
+                load_checked(candidate, candidate.checkpoint_filter_fn(backbone), source, optional=optional)
+                return f'{arch} (bias_mode={bias_mode!r})'
+            except CheckpointMismatchError as error:
+                failures.append((error.num_differences, arch, bias_mode, error))
+    _, arch, bias_mode, nearest = min(failures, key=lambda failure: failure[0])
+    raise CheckpointMismatchError(f'the converted weights fit no {backbone_class.__name__} architecture '
+                                  f'({", ".join(archs)}); is it a {model} checkpoint? Nearest, {arch} with '
+                                  f'bias_mode={bias_mode!r}:\n{nearest}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--model', required=True, choices=sorted(KEY_CONVERTERS),
                         help='backbone family whose key layout to convert to')
     parser.add_argument('src', help='checkpoint file or URL')
     parser.add_argument('dst', help='output file (a dict with a "state_dict" entry)')
     args = parser.parse_args(argv)
 
-    source = checkpoint_state_dict(load_checkpoint_file(args.src))
+    source = checkpoint_state_dict(read_checkpoint(args.src))
     converted = convert(source, args.model)
+    backbone = select_prefix(converted, 'backbone.') if any(k.startswith('backbone.') for k in converted) \
+        else converted
+    try:
+        arch = fitting_architecture(backbone, args.model, args.src)
+    except CheckpointMismatchError as error:
+        print(f'error: {error}\nnothing written', file=sys.stderr)
+        return 1
     torch.save({'state_dict': converted}, args.dst)
     print(f'{args.src}: {len(source)} entries -> {args.dst}: {len(converted)} entries '
-          f'({len(source) - len(converted)} dropped: heads, classification norm, index buffers)')
+          f'({len(source) - len(converted)} dropped: heads, classification norm, index buffers); '
+          f'fits {args.model} {arch}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

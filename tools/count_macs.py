@@ -14,6 +14,7 @@ RoI heads on the proposals (mask head on the first 100). The weights are random
 speed and MACs are relative to the first config; every number comes from this run.
 """
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,22 +26,20 @@ from mmengine.config import Config
 from mmengine.hub import get_config
 from mmengine.registry import MODELS, init_default_scope
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tools')]
-
-from benchmark import device_name, markdown_table  # noqa: E402
-from plugin.search.evaluation import load_trusted_checkpoint  # noqa: E402
-from plugin.search.space import parse_pruning_ratios  # noqa: E402
-from plugin.utils import count_macs, median_latency_ms  # noqa: E402
+from plugin.models.utils.checkpoint import load_model_checkpoint
+from plugin.models.utils.sparsity import find_sparse_backbone, paper_pruning_ratios
+from plugin.utils import count_macs, device_name, markdown_table, median_latency_ms
+from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files or package::path')
     parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'))
-    parser.add_argument('--pruning-ratios', type=parse_pruning_ratios, default=None,
-                        help='JSON ratios for every SparseViT backbone, e.g. 0.5 or '
-                             '[[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]]')
+    parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
+                        default=None, help='ratios for every SparseViT backbone instead of its config\'s: '
+                        'JSON, e.g. 0.5 or [[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]], or cfg1/cfg2/cfg3 '
+                        '(the paper\'s)')
     parser.add_argument('--checkpoint', default=None, help='weights for every config (default: random)')
     parser.add_argument('--latency', action='store_true', help='also time backbone and model')
     parser.add_argument('--batch', type=int, default=1, help='batch size of the latency measurement')
@@ -72,12 +71,9 @@ def build(cfg: Config, args: argparse.Namespace) -> nn.Module:
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     if args.checkpoint:
-        load_trusted_checkpoint(model, args.checkpoint)
+        load_model_checkpoint(model, args.checkpoint)
     if args.pruning_ratios is not None:
-        if not callable(getattr(model.backbone, 'set_pruning_ratios', None)):
-            raise TypeError(f'--pruning-ratios needs a SparseViT backbone, '
-                            f'the config has {type(model.backbone).__name__}')
-        model.backbone.set_pruning_ratios(args.pruning_ratios)
+        find_sparse_backbone(model, '--pruning-ratios').set_pruning_ratios(args.pruning_ratios)
     model.eval()
     return model
 
@@ -130,4 +126,4 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

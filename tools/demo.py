@@ -1,6 +1,6 @@
 """The main job: the whole project on data it makes itself, through the mmdet/mmseg runners.
 
-1. writes the synthetic COCO-style and ADE20K-style datasets (plugin/datasets/synthetic.py);
+1. writes the synthetic COCO-style and ADE20K-style datasets (plugin/demo_data/synthetic.py);
 2. trains and evaluates Mask R-CNN with a small SparseViT-Swin (mmdet's runner, CocoMetric);
 3. trains and evaluates Semantic FPN with a small EfficientFormer (mmseg's runner, IoUMetric);
 4. adapts the detector to sparsity (SparsityAwareAdaptationHook) and evaluates it at several
@@ -13,28 +13,21 @@
 """
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-# mmengine 0.10.7 loads its own checkpoints (numpy and message-hub state inside) with torch's
-# default weights_only=True, which refuses them; the demo only loads checkpoints it just wrote.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import mmcv
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
 
-import mmcv  # noqa: E402
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import DefaultScope  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from plugin.demo_data import make_demo_data
+from plugin.utils import markdown_table, median_latency_ms
+from plugin.utils.cli import HelpFormatter
+from plugin.visualization.windows import draw_kept_windows, kept_window_masks, prediction_picture
 
-from plugin.datasets.synthetic import make_demo_data  # noqa: E402
-from plugin.utils import median_latency_ms  # noqa: E402
-from plugin.visualization.windows import draw_kept_windows, kept_window_masks, prediction_picture  # noqa: E402
-
-CONFIG_DIR = REPO_ROOT / 'configs/demo'
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs/demo'
 DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 SAA_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py'
 SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformer-l1_demo-shapes.py'
@@ -46,7 +39,7 @@ LATENCY_SIZE = (672, 672)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--work-dir', default='work_dirs/demo', help='logs, checkpoints, table and pictures')
     parser.add_argument('--data-dir', default='data/demo', help='where the synthetic datasets are written')
     parser.add_argument('--seed', type=int, default=0)
@@ -96,15 +89,6 @@ def result_row(task: str, backbone: str, ratio, metrics: Dict[str, float], laten
             'bbox AP': metric('coco/bbox_mAP'), 'segm AP': metric('coco/segm_mAP'), 'mIoU': metric('mIoU', 100),
             f'backbone ms ({LATENCY_SIZE[0]}px)': '-' if latency is None else latency,
             'speedup': '-' if speedup is None else speedup}
-
-
-def markdown_table(rows: List[dict]) -> str:
-    columns = list(rows[0])
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    for row in rows:
-        cells = (f'{value:.3f}' if isinstance(value, float) else str(value) for value in row.values())
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
 
 
 def save_pictures(runner: Runner, cfg: Config, out_dir: Path, name: str, with_windows: bool) -> List[Path]:
@@ -179,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     backbone.set_pruning_ratios(stage_ratios(PICTURE_RATIO, backbone.depths))
     pictures = save_pictures(saa_runner, saa_cfg, work_dir, 'detection_windows', with_windows=True)
     pictures += save_pictures(seg_runner, seg_cfg, work_dir, 'segmentation', with_windows=False)
-    table = markdown_table(rows)
+    table = markdown_table(rows, float_format='.3f')
     (work_dir / 'results.md').write_text(table + '\n')
     (work_dir / 'results.json').write_text(json.dumps(rows, indent=1))
     print(table)

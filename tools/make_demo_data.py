@@ -3,19 +3,16 @@
 Example: python tools/make_demo_data.py --out data/demo --seed 0 --num-train 300 --num-val 50
 """
 import argparse
-import sys
-from pathlib import Path
 from typing import Iterable
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing the package
-
-from plugin.datasets.synthetic import TASKS, make_demo_data  # noqa: E402
+from plugin.demo_data.synthetic import TASKS, make_demo_data
+from plugin.utils.cli import HelpFormatter
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--out', required=True, help='output folder; coco/, ade/ and kitti_mono/ are made in it')
     parser.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
     parser.add_argument('--num-train', type=int, default=300, help='training images per task')

@@ -22,19 +22,24 @@ from typing import Optional, Sequence
 import torch
 from mmengine.config import Config, DictAction
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from plugin.engine.hooks import find_sparse_backbone  # noqa: E402
-from plugin.models.utils.sparsity import RATIO_CHOICES  # noqa: E402
-from plugin.search import (EvolutionarySearch, LatencyBudget, MacsBudget, SearchSettings,  # noqa: E402
-                           SubsetEvaluator, build_model, plot_search, write_csv,
-                           write_pruning_ratios_fragment)
-from plugin.search.evolution import SearchResult  # noqa: E402
+from plugin.models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone
+from plugin.search import (
+    EvolutionarySearch,
+    LatencyBudget,
+    MacsBudget,
+    SearchSettings,
+    SubsetEvaluator,
+    build_model,
+    plot_search,
+    write_csv,
+    write_pruning_ratios_fragment,
+)
+from plugin.search.evolution import SearchResult
+from plugin.utils.cli import HelpFormatter, run_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='the adapted (SAA) checkpoint: a path or URL')
     parser.add_argument('--constraint', choices=['macs', 'latency'], required=True,
@@ -77,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
     work_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg, args.checkpoint, args.device)
-    backbone = find_sparse_backbone(model)
+    backbone = find_sparse_backbone(model, 'tools/search_sparsity.py')
     if args.constraint == 'macs':
         budget = MacsBudget(backbone, args.shape)
     else:
@@ -92,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
                                 resume=args.resume, progress=not args.no_progress)
     result = search.run()
 
-    metric_name = evaluate.metric or 'metric'
+    metric_name = evaluate.describe()
     fragment = write_pruning_ratios_fragment(work_dir / 'pruning_ratios.py', result, settings, metric_name)
     write_csv(work_dir / 'candidates.csv', result.records, result.pareto)
     plot_search(work_dir / 'search.png', result, settings, metric_name)
@@ -104,4 +109,4 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

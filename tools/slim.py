@@ -11,24 +11,19 @@ then built and timed on this device, and predicted and measured latency printed.
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from plugin.models.backbones import EfficientFormerSupernet  # noqa: E402
-from plugin.models.backbones.efficientformer_convert import (checkpoint_state_dict,  # noqa: E402
-                                                             load_checkpoint_file)
-from plugin.models.backbones.sparsevit_swin import extract_backbone_state_dict  # noqa: E402
-from plugin.slimming import measure_config_latency, predict_latency, slim, write_config  # noqa: E402
-from plugin.slimming.greedy import SubNetwork  # noqa: E402
+from plugin.models.backbones import EfficientFormerSupernet
+from plugin.models.utils.checkpoint import backbone_state_dict, load_checked, read_checkpoint
+from plugin.slimming import measure_config_latency, predict_latency, slim, write_config
+from plugin.slimming.greedy import SubNetwork
+from plugin.utils.cli import HelpFormatter
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('checkpoint', help="the trained supernet's checkpoint, or 'none'")
     parser.add_argument('--lut', required=True, help='table from tools/build_latency_lut.py')
     parser.add_argument('--budget-ms', type=float, required=True)
@@ -43,8 +38,9 @@ def load_importance(checkpoint: str, space: dict) -> dict:
     """Importance scores of the supernet of ``space``, trained (``checkpoint``) or uniform ('none')."""
     supernet = EfficientFormerSupernet(**space)
     if checkpoint.lower() != 'none':
-        state_dict = extract_backbone_state_dict(checkpoint_state_dict(load_checkpoint_file(checkpoint)))
-        supernet.load_state_dict(state_dict)
+        load_checked(supernet, backbone_state_dict(read_checkpoint(checkpoint)), checkpoint,
+                     hint='The lookup table\'s search space must be the supernet\'s '
+                          '(tools/build_latency_lut.py --config)')
     return supernet.importance()
 
 

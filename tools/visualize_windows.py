@@ -10,6 +10,7 @@ the predictions drawn by the task's own visualizer.
 """
 import argparse
 import copy
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -19,24 +20,23 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from plugin.models.utils.checkpoint import load_model_checkpoint
+from plugin.models.utils.sparsity import find_sparse_backbone, paper_pruning_ratios
+from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
+from plugin.visualization import draw_kept_windows, kept_window_masks, prediction_picture
 
-from plugin.engine.hooks import find_sparse_backbone  # noqa: E402
-from plugin.search.evaluation import load_trusted_checkpoint  # noqa: E402
-from plugin.search.space import parse_pruning_ratios  # noqa: E402
-from plugin.visualization import draw_kept_windows, kept_window_masks, prediction_picture  # noqa: E402
+PURPOSE = 'tools/visualize_windows.py'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='a path or URL')
     parser.add_argument('image')
     parser.add_argument('--out', required=True, help='PNG file to write')
-    parser.add_argument('--pruning-ratios', type=parse_pruning_ratios, default=None,
-                        help="JSON ratios instead of the config's, e.g. 0.5 or "
-                             '[[0.6,0.6],[0,0],[0.2,0.2,0.4,0.4,0.5,0.5],[0,0]]')
+    parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
+                        default=None, help="ratios instead of the config's: JSON, e.g. [0.5,0.5,0.5,0] or "
+                        '[[0.6,0.6],[0,0],[0.2,0.2,0.4,0.4,0.5,0.5],[0,0]], or cfg1/cfg2/cfg3 (the paper\'s)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
@@ -47,10 +47,13 @@ def init_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
     scope = cfg.get('default_scope')
     if scope == 'mmdet':
         from mmdet.apis import init_detector
-        with warnings.catch_warnings():
-            # The checkpoint is loaded below, class names included.
-            warnings.filterwarnings('ignore', message='checkpoint is None')
+        # The checkpoint is loaded below, class names included: mmdet's "checkpoint is None, use COCO
+        # classes" does not apply. It resets the warning filters itself, so its warnings are recorded here.
+        with warnings.catch_warnings(record=True) as caught:
             model = init_detector(cfg, None, device=device)
+        for warning in caught:
+            if 'checkpoint is None' not in str(warning.message):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     elif scope == 'mmseg':
         if cfg.model.get('test_cfg', {}).get('mode') == 'slide':
             # Sliding windows run the backbone once per crop; one whole-image pass gives one picture.
@@ -60,7 +63,7 @@ def init_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
         model = init_segmentor(cfg, None, device=device)
     else:
         raise ValueError(f'default_scope {scope!r} is not supported: use an mmdet or mmseg config')
-    loaded = load_trusted_checkpoint(model, checkpoint)
+    loaded = load_model_checkpoint(model, checkpoint)
     dataset_meta = loaded.get('meta', {}).get('dataset_meta') if isinstance(loaded.get('meta'), dict) else None
     if dataset_meta:
         model.dataset_meta = {key.lower(): value for key, value in dataset_meta.items()}
@@ -74,7 +77,7 @@ def init_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
 def predict(model: nn.Module, scope: str, image: str) -> Tuple[object, Tuple[int, int]]:
     """The prediction for ``image`` and the (H, W) of the tensor the backbone received."""
     received = {}
-    handle = find_sparse_backbone(model).register_forward_pre_hook(
+    handle = find_sparse_backbone(model, PURPOSE).register_forward_pre_hook(
         lambda module, inputs: received.update(hw=tuple(inputs[0].shape[-2:])))
     try:
         if scope == 'mmdet':
@@ -92,11 +95,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
     import mmcv
 
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f'image {args.image} does not exist')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
+        raise ValueError(f'default_scope {cfg.get("default_scope")!r} is not supported: use an mmdet or mmseg config')
+    if cfg.model.get('backbone', {}).get('type') != 'SparseViTSwin':
+        raise TypeError(f'{PURPOSE} draws the windows of a SparseViTSwin backbone; the config\'s backbone is '
+                        f'{cfg.model.get("backbone", {}).get("type")}. For other backbones use mmdet\'s or '
+                        f'mmseg\'s inferencer (README, "Demo")')
     model = init_model(cfg, args.checkpoint, args.device)
-    backbone = find_sparse_backbone(model)
+    backbone = find_sparse_backbone(model, PURPOSE)
     if args.pruning_ratios is not None:
         backbone.set_pruning_ratios(args.pruning_ratios)
     result, input_hw = predict(model, cfg.default_scope, args.image)
@@ -116,4 +127,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

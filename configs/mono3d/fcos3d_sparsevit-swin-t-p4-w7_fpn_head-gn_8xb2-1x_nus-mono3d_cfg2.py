@@ -1,5 +1,7 @@
 # FCOS3D with SparseViT-Swin-T pruned as the paper's second searched configuration ("cfg2").
-_base_ = './fcos3d_sparsevit-swin-t-p4-w7_fpn_head-gn_8xb2-1x_nus-mono3d.py'
+_base_ = [
+    './fcos3d_sparsevit-swin-t-p4-w7_fpn_head-gn_8xb2-1x_nus-mono3d.py',
+    '../sparsevit/_base_/paper_pruning_ratios.py',
+]
 
-model = dict(backbone=dict(
-    pruning_ratios=[[0.6, 0.6], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]]))
+model = dict(backbone=dict(pruning_ratios={{_base_.paper_cfg2}}))

@@ -1,5 +1,4 @@
 # The paper's first searched configuration (authors' "cfg1", 42 ms on their GPU).
-_base_ = './mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py'
+_base_ = ['./mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py', './_base_/paper_pruning_ratios.py']
 
-model = dict(backbone=dict(
-    pruning_ratios=[[0.3, 0.3], [0., 0.], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0., 0.]]))
+model = dict(backbone=dict(pruning_ratios={{_base_.paper_cfg1}}))

@@ -1,5 +1,5 @@
 """Runner hooks; importing this module registers them."""
-from .hooks import SparsityAwareAdaptationHook, find_sparse_backbone
+from .hooks import SparsityAwareAdaptationHook
 from .slimming_hook import GumbelTemperatureHook
 
-__all__ = ['GumbelTemperatureHook', 'SparsityAwareAdaptationHook', 'find_sparse_backbone']
+__all__ = ['GumbelTemperatureHook', 'SparsityAwareAdaptationHook']

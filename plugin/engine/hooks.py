@@ -2,26 +2,11 @@
 import random
 from typing import Optional, Sequence, Union
 
-import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.hooks.hook import DATA_BATCH
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..models.utils.sparsity import RATIO_CHOICES, normalize_pruning_ratios, sample_pruning_ratios
-
-
-def find_sparse_backbone(model: nn.Module) -> nn.Module:
-    """The ``backbone`` of a (possibly wrapped) detector or segmentor that takes pruning ratios."""
-    if is_model_wrapper(model):
-        model = model.module
-    backbone = getattr(model, 'backbone', None)
-    if backbone is None or not callable(getattr(backbone, 'set_pruning_ratios', None)) \
-            or not hasattr(backbone, 'depths'):
-        raise TypeError(f'{type(model).__name__} has no window-sparse backbone: the hook needs '
-                        f'`model.backbone` with `set_pruning_ratios` and `depths` (e.g. SparseViTSwin), '
-                        f'got {type(backbone).__name__}')
-    return backbone
+from ..models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone, normalize_pruning_ratios, sample_pruning_ratios
 
 
 @HOOKS.register_module()
@@ -57,19 +42,19 @@ class SparsityAwareAdaptationHook(Hook):
         self.seed = seed
 
     def before_run(self, runner) -> None:
-        backbone = find_sparse_backbone(runner.model)
+        backbone = find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook')
         # Fails here, before any training, on ratios that do not fit the backbone.
         normalize_pruning_ratios(self.eval_pruning_ratios, backbone.depths)
         if self.seed is None:
             self.seed = runner.seed
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
-        backbone = find_sparse_backbone(runner.model)
+        backbone = find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook')
         rng = random.Random(f'{self.seed}-{runner.iter}')
         backbone.set_pruning_ratios(sample_pruning_ratios(backbone.depths, rng, self.choices))
 
     def before_val_epoch(self, runner) -> None:
-        find_sparse_backbone(runner.model).set_pruning_ratios(self.eval_pruning_ratios)
+        find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook').set_pruning_ratios(self.eval_pruning_ratios)
 
     def after_train(self, runner) -> None:
-        find_sparse_backbone(runner.model).set_pruning_ratios(self.eval_pruning_ratios)
+        find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook').set_pruning_ratios(self.eval_pruning_ratios)

@@ -16,10 +16,9 @@ from typing import Dict, Iterator, List
 import numpy as np
 import torch
 from mmcv.ops import box_iou_rotated
+from mmdet3d.evaluation.metrics import KittiMetric
 from mmengine.registry import METRICS
 from numba import cuda
-
-from mmdet3d.evaluation.metrics import KittiMetric
 
 GPU_KERNEL_MODULE = 'mmdet3d.evaluation.functional.kitti_utils.rotate_iou'
 IOU_CRITERIA = (-1, 0, 1, 2)
@@ -53,14 +52,14 @@ def rotated_iou_cpu(boxes: np.ndarray, query_boxes: np.ndarray, criterion: int =
 
 
 @contextlib.contextmanager
-def cpu_rotated_iou() -> Iterator[None]:
+def kitti_overlaps_on_cpu() -> Iterator[None]:
     """Within the block, mmdet3d's KITTI evaluation computes rotated overlaps with ``rotated_iou_cpu``.
 
     ``eval.py`` imports ``rotate_iou_gpu_eval`` from ``GPU_KERNEL_MODULE`` inside
     every call, and importing that module compiles CUDA kernels; a stand-in
     module in ``sys.modules`` answers those imports without touching CUDA.
     """
-    stand_in = types.ModuleType(GPU_KERNEL_MODULE, 'CPU stand-in installed by plugin.evaluation.cpu_rotated_iou')
+    stand_in = types.ModuleType(GPU_KERNEL_MODULE, 'CPU stand-in installed by plugin.evaluation.kitti_overlaps_on_cpu')
     stand_in.rotate_iou_gpu_eval = rotated_iou_cpu
     replaced = sys.modules.get(GPU_KERNEL_MODULE)
     sys.modules[GPU_KERNEL_MODULE] = stand_in
@@ -94,5 +93,5 @@ class KittiMonoMetric(KittiMetric):
         return self.iou_device == 'cpu' or (self.iou_device == 'auto' and not cuda.is_available())
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
-        with cpu_rotated_iou() if self.uses_cpu_iou() else contextlib.nullcontext():
+        with kitti_overlaps_on_cpu() if self.uses_cpu_iou() else contextlib.nullcontext():
             return super().compute_metrics(results)

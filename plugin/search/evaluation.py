@@ -3,54 +3,72 @@ import contextlib
 import copy
 import io
 import logging
+import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from mmengine import fileio
 from mmengine.config import Config
-from mmengine.evaluator import Evaluator
+from mmengine.dataset import BaseDataset
+from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import Runner, load_state_dict
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.registry import MODELS, DefaultScope, init_default_scope
+from mmengine.runner import Runner
 
-from ..engine.hooks import find_sparse_backbone
-from ..models.utils.sparsity import PruningRatios
+from ..models.utils.checkpoint import load_model_checkpoint
+from ..models.utils.sparsity import PruningRatios, find_sparse_backbone
 
 # Metrics searched by default, first present wins: box AP of mmdet's CocoMetric, mmseg's mIoU.
 DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')
 
 
-def load_trusted_checkpoint(model: nn.Module, checkpoint: str) -> dict:
-    """Load a checkpoint (local path or URL) into ``model``; returns the whole checkpoint.
-
-    A local file is read with ``weights_only=False``: checkpoints that MMEngine's
-    runner saves pickle numpy values and logging buffers, which torch's default
-    weights-only loader refuses, so only load files you trust.
-    """
-    if Path(checkpoint).is_file():
-        loaded = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    else:
-        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state_dict = loaded.get('state_dict', loaded)
-    state_dict = {key[len('module.'):] if key.startswith('module.') else key: value
-                  for key, value in state_dict.items()}
-    load_state_dict(model, state_dict, strict=False, logger='current')
-    return loaded
-
-
 def build_model(cfg: Config, checkpoint: Optional[str], device: torch.device | str) -> nn.Module:
-    """The config's model with ``checkpoint`` loaded (no pretrained init), in eval mode on ``device``."""
+    """The config's model with ``checkpoint`` loaded (no pretrained init), in eval mode on ``device``.
+
+    The checkpoint must fit the model (``plugin.models.utils.checkpoint.load_model_checkpoint``).
+    """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     # Synchronised batch norm needs a process group; a single-process search has none.
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     if checkpoint is not None:
-        load_trusted_checkpoint(model, checkpoint)
+        load_model_checkpoint(model, checkpoint)
     model.to(device)
     model.eval()
     return model
+
+
+def _is_instance_of(metric: BaseMetric, module: str, name: str) -> bool:
+    """``isinstance(metric, module.name)`` without importing ``module`` where it is not installed."""
+    return any(cls.__name__ == name and cls.__module__.startswith(module) for cls in type(metric).__mro__)
+
+
+def restrict_metrics_to_samples(metrics: List[BaseMetric], dataset: BaseDataset, work_dir: Path) -> None:
+    """Make every metric score only the samples of ``dataset`` (a subset of the annotation file's).
+
+    mmdet's ``CocoMetric`` scores every image of its ``ann_file``, so images not run would count
+    as missed: its image ids are set to the subset's. mmdet3d's ``KittiMetric`` (and subclasses)
+    expect one prediction per entry of ``ann_file``: it gets a copy holding the subset only,
+    written to ``work_dir``. Metrics that compute from the processed samples alone (mmseg's
+    ``IoUMetric``) need nothing; any other metric with an ``ann_file`` is refused.
+    """
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    for metric in metrics:
+        if _is_instance_of(metric, 'mmdet.evaluation', 'CocoMetric'):
+            metric.img_ids = [info['img_id'] for info in infos]
+        elif _is_instance_of(metric, 'mmdet3d.evaluation', 'KittiMetric'):
+            annotations = fileio.load(metric.ann_file)
+            wanted = {info['sample_idx'] for info in infos}
+            annotations['data_list'] = [info for info in annotations['data_list'] if info['sample_idx'] in wanted]
+            subset_file = Path(work_dir) / f'subset_{Path(metric.ann_file).name}'
+            fileio.dump(annotations, str(subset_file))
+            metric.ann_file = str(subset_file)
+        elif getattr(metric, 'ann_file', None):
+            raise ValueError(f'{type(metric).__name__} scores against its whole ann_file; scoring a subset of '
+                             f'the validation images with it is not supported: use all images '
+                             f'(--num-val-images 0)')
 
 
 @contextlib.contextmanager
@@ -69,6 +87,9 @@ def _quiet():
 class SubsetEvaluator:
     """Metric of ``model`` at given pruning ratios on the first ``num_images`` of the config's val set.
 
+    The metric is that of the subset: the ground truth of the images not run is left out
+    (:func:`restrict_metrics_to_samples`), so it is the AP or mIoU the subset gives.
+
     Args:
         cfg: The config; its ``val_dataloader`` and ``val_evaluator`` are used.
         model: The built model (see :func:`build_model`); its backbone takes pruning ratios.
@@ -82,16 +103,27 @@ class SubsetEvaluator:
         if num_images is not None and num_images < 1:
             raise ValueError(f'num_images must be >= 1 or None (all), got {num_images}')
         self.model = model
-        self.backbone = find_sparse_backbone(model)
+        self.backbone = find_sparse_backbone(model, 'the sparsity search')
         self.metric = metric
         self.quiet = quiet
         dataloader_cfg = copy.deepcopy(cfg.val_dataloader)
         if num_images is not None:
             # BaseDataset keeps the first `indices` samples of its annotations.
             dataloader_cfg.dataset.indices = num_images
-        self.dataloader = Runner.build_dataloader(dataloader_cfg, seed=0)
-        self.evaluator = Evaluator(copy.deepcopy(cfg.val_evaluator))
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+            self.dataloader = Runner.build_dataloader(dataloader_cfg, seed=0)
+            self.evaluator = Evaluator(copy.deepcopy(cfg.val_evaluator))
         self.evaluator.dataset_meta = self.dataloader.dataset.metainfo
+        self._subset_dir = tempfile.TemporaryDirectory(prefix='effidense-subset-')
+        restrict_metrics_to_samples(self.evaluator.metrics, self.dataloader.dataset, Path(self._subset_dir.name))
+        total = len(self.dataloader.dataset.load_data_list()) if num_images is not None else None
+        scored = len(self.dataloader.dataset)
+        self.images = (f'all {scored} validation images' if total is None or scored == total
+                       else f'first {scored} of {total} validation images')
+
+    def describe(self) -> str:
+        """What the returned number is, e.g. ``'coco/bbox_mAP (first 500 of 5000 validation images)'``."""
+        return f'{self.metric or "metric"} ({self.images})'
 
     def metrics(self, pruning_ratios: PruningRatios) -> Dict[str, float]:
         """Every metric the config's evaluator reports, at ``pruning_ratios``."""

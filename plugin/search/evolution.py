@@ -99,8 +99,9 @@ def genes_of(record: Record) -> Genes:
 class SearchLog:
     """JSON-lines log: a settings line, then one line per measured candidate.
 
-    ``event`` is 'evaluated' (budget inside the window and metric) or
-    'rejected' (budget outside the window, never evaluated).
+    ``event`` is 'bound' (the budget of the all-lowest or all-highest ratios,
+    measured first to check the window), 'evaluated' (budget inside the window
+    and metric) or 'rejected' (budget outside the window, never evaluated).
     """
 
     def __init__(self, path: Path, settings: SearchSettings, resume: bool) -> None:
@@ -173,6 +174,7 @@ class EvolutionarySearch:
 
     def run(self) -> SearchResult:
         settings = self.settings
+        self._check_window()
         rng = random.Random(settings.seed)
         evaluated: Dict[Genes, Record] = {}
         best: Optional[Record] = None
@@ -193,7 +195,8 @@ class EvolutionarySearch:
                     proposal = self._propose(rng, origin, parents, evaluated, generation)
                     if proposal is None:
                         if best is None:
-                            raise RuntimeError(self._infeasible_message())
+                            raise RuntimeError(f'no configuration with a budget in the window found in '
+                                               f'{settings.max_attempts} random proposals; {self._bounds_text()}')
                         failed += 1
                         # Random proposals failing once means the window holds no more new ones.
                         if origin == 'random':
@@ -261,13 +264,33 @@ class EvolutionarySearch:
         if self.log is not None:
             self.log.append(record)
 
-    def _infeasible_message(self) -> str:
-        settings = self.settings
-        extremes = []
+    def _uniform_genes(self, ratio: float) -> Genes:
+        return tuple((ratio,) * ((depth + 1) // 2) for depth in self.space.depths)
+
+    def _bound_budgets(self) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+        """``((lowest ratio, its budget), (highest ratio, its budget))``: the costliest and cheapest
+        configurations of the space, measured once (and logged, so a resumed search replays them)."""
+        bounds = []
         for ratio in (min(self.space.choices), max(self.space.choices)):
-            genes = tuple((ratio,) * ((depth + 1) // 2) for depth in self.space.depths)
-            extremes.append((ratio, float(self.budget(self.space.to_pruning_ratios(genes)))))
-        (low, low_budget), (high, high_budget) = extremes
-        return (f'no configuration with a budget in [{settings.min_budget}, {settings.max_budget}] '
-                f'{settings.budget_name} found in {settings.max_attempts} random proposals; all ratios {low:g} '
-                f'cost {low_budget:.4g} and all ratios {high:g} cost {high_budget:.4g}')
+            genes = self._uniform_genes(ratio)
+            if genes not in self._budgets:
+                self._budgets[genes] = float(self.budget(self.space.to_pruning_ratios(genes)))
+                self._write(dict(event='bound', generation=-1, origin='bound',
+                                 pruning_ratios=self.space.to_pruning_ratios(genes), budget=self._budgets[genes]))
+            bounds.append((ratio, self._budgets[genes]))
+        return bounds[0], bounds[1]
+
+    def _bounds_text(self) -> str:
+        (low, low_budget), (high, high_budget) = self._bound_budgets()
+        settings = self.settings
+        return (f'the window is [{settings.min_budget}, {settings.max_budget}] {settings.budget_name}; all ratios '
+                f'{low:g} cost {low_budget:.4g} and all ratios {high:g} cost {high_budget:.4g}')
+
+    def _check_window(self) -> None:
+        """Refuse at once a window that no configuration can reach: the budget falls with the ratios,
+        so every configuration costs between the all-highest and the all-lowest ratios'."""
+        (_, low_budget), (_, high_budget) = self._bound_budgets()
+        cheapest, dearest = min(low_budget, high_budget), max(low_budget, high_budget)
+        if self.settings.max_budget < cheapest or self.settings.min_budget > dearest:
+            raise ValueError(f'no configuration can meet the budget window: {self._bounds_text()}; choose a '
+                             f'window that overlaps [{cheapest:.4g}, {dearest:.4g}]')

@@ -4,13 +4,10 @@ A configuration is held as its genes, per stage a sorted tuple of block-pair
 ratios, e.g. ``((0.3,), (0.0,), (0.1, 0.2, 0.2), (0.0,))`` for Swin-T. Genes are
 hashable, so a search can tell configurations apart and never repeat one.
 """
-import argparse
-import json
 import random
 from typing import Sequence, Tuple
 
-from ..models.utils.sparsity import (RATIO_CHOICES, PruningRatios, normalize_pruning_ratios,
-                                     sample_pruning_ratios)
+from ..models.utils.sparsity import RATIO_CHOICES, PruningRatios, normalize_pruning_ratios, sample_pruning_ratios
 
 Genes = Tuple[Tuple[float, ...], ...]
 
@@ -63,12 +60,3 @@ class SparsitySearchSpace:
                 raise ValueError(f'stage {stage}: ratios {outside} are not among the choices {self.choices}')
         return tuple(tuple(stage_ratios[0::2]) for stage_ratios in ratios)
 
-
-def parse_pruning_ratios(text: str):
-    """Pruning ratios from the command line: JSON, a float or one entry per stage (argparse ``type``)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(
-            f'pruning ratios must be JSON, a float or a list with one float or list of per-block ratios per '
-            f'stage, e.g. 0.5 or [[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]]; got {text!r} ({error})')

@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+from ..models.backbones.efficientformer import conv_block_counts, stage_depths
 from .latency import predict_latency, subnet_entries
 
 
@@ -23,9 +24,8 @@ class SubNetwork:
 
     @classmethod
     def full(cls, space: dict) -> 'SubNetwork':
-        num_conv = list(space['depths'])
         num_vit = space['num_vit']
-        num_conv[-1] -= num_vit
+        num_conv = conv_block_counts(space['depths'], num_vit)
         choices = [sorted(widths) for widths in space['width_choices']]
         return cls(choices, [[True] * n for n in num_conv], [True] * num_vit, [len(w) - 1 for w in choices])
 
@@ -41,9 +41,8 @@ class SubNetwork:
     def config(self) -> dict:
         """``EfficientFormer`` arguments: ``embed_dims``, ``depths`` and ``num_vit``."""
         num_vit = sum(self.vit_keep)
-        depths = [sum(keep) for keep in self.conv_keep]
-        depths[-1] += num_vit
-        return dict(embed_dims=self.embed_dims, depths=depths, num_vit=num_vit)
+        return dict(embed_dims=self.embed_dims, depths=stage_depths([sum(keep) for keep in self.conv_keep], num_vit),
+                    num_vit=num_vit)
 
 
 @dataclass

@@ -6,19 +6,24 @@ width and feature-map size (batch 1). Keys name all three, e.g.
 ``'block4d 48 @16x16'``, so equal parts of different stages share one entry.
 """
 import math
-import platform
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models.efficientformer import Downsample, MetaBlock2d, Stem4
 
-from ..models.backbones.efficientformer import AttentionMetaBlock, EfficientFormer
-from ..utils import median_latency_ms
+from ..models.backbones.efficientformer import (
+    AttentionMetaBlock,
+    EfficientFormer,
+    conv_block_counts,
+    last_stage_table_side,
+)
+from ..utils import device_name, median_latency_ms
 
-# EfficientFormer's defaults, so that the table measures the blocks the slimmed config builds.
-TABLE_SIDE = math.ceil(800 / 32)
+# EfficientFormer's defaults (the detection bias table over 4 stages), so that the table measures the
+# blocks the slimmed config builds.
 BIAS_MODE = 'official_dense'
+TABLE_SIDE = last_stage_table_side(800, num_stages=4)
 
 
 def stage_sizes(input_size: Sequence[int], num_stages: int) -> List[Tuple[int, int]]:
@@ -89,13 +94,6 @@ def _entry_module(key: str) -> Tuple[nn.Module, tuple]:
     raise ValueError(f'unknown lookup-table entry {key!r}')
 
 
-def device_name(device: torch.device) -> str:
-    """A readable name of the device the table is measured on."""
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'{device.type}: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)'
-
-
 def build_latency_lut(space: dict, input_size: Sequence[int], device: str = 'cpu', warmup: int = 3,
                       repeats: int = 10,
                       progress: Optional[Callable[[Iterable[str]], Iterable[str]]] = None) -> dict:
@@ -131,8 +129,7 @@ def predict_latency(lut: dict, keys: Sequence[str]) -> float:
 
 def predict_config_latency(lut: dict, config: dict) -> float:
     """Predicted latency (ms) of ``EfficientFormer(**config)`` at the table's input size."""
-    num_conv = list(config['depths'])
-    num_conv[-1] -= config['num_vit']
+    num_conv = conv_block_counts(config['depths'], config['num_vit'])
     return predict_latency(lut, subnet_entries(config['embed_dims'], num_conv, config['num_vit'],
                                                lut['input_size']))
 

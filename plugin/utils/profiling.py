@@ -1,7 +1,9 @@
-"""MACs counting and latency measurement shared by the benchmark, the search and the slimming tools."""
+"""MACs counting, latency measurement and device names shared by the benchmarks, the search and the slimming tools."""
+import math
+import platform
 import statistics
 import time
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, List, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -26,6 +28,33 @@ def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_ATTENTION) as counter:
         fn(*args, **kwargs)
     return counter.get_total_flops() // 2
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name of ``device``: the GPU's, or the CPU's with the threads torch uses."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+
+
+def _sdpa_macs_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """mmengine-analyzer handle of ``aten::scaled_dot_product_attention``: the two matrix products."""
+    from mmengine.analysis.jit_handles import get_shape
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    batch = math.prod(query[:-2])
+    return batch * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+def register_attention_with_mmengine_counter() -> None:
+    """Make mmengine's FLOP counter (mmdet's and mmseg's ``get_flops.py``) count fused attention.
+
+    It lists ``aten::scaled_dot_product_attention`` as unsupported and skips it, which for a
+    transformer backbone leaves out the attention products; the handle counts them, one MAC
+    per multiply-add as mmengine counts the other operators.
+    """
+    from mmengine.analysis import complexity_analysis
+    complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.setdefault('aten::scaled_dot_product_attention', _sdpa_macs_jit)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -24,17 +24,23 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import CheckpointLoader
 from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, resample_abs_pos_embed
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, checkpoint_filter_fn
-from torch.nn.modules.module import _IncompatibleKeys
 
+from ..utils.arch import resolve_arch
+from ..utils.blocks import run_block
+from ..utils.checkpoint import (
+    LoadReport,
+    StateDict,
+    backbone_state_dict,
+    init_backbone_weights,
+    load_checked,
+    read_checkpoint,
+)
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
 
 ARCH_SETTINGS = {
@@ -137,24 +143,14 @@ def _scatter_tokens(grid: torch.Tensor, index: torch.Tensor, tokens: torch.Tenso
     return grid.scatter(1, index.unsqueeze(-1).expand(-1, -1, grid.shape[-1]), tokens.to(grid.dtype))
 
 
-def convert_vit_checkpoint(checkpoint: Dict, model: 'DynamicViT') -> Dict[str, torch.Tensor]:
-    """A timm / DeiT / DynamicViT classification checkpoint -> ``model``'s state_dict entries.
-
-    timm's ``checkpoint_filter_fn`` unwraps ``model``/``state_dict``, reshapes old
-    linear patch embeddings and resamples the position embedding to the model's
-    ``pretrain_img_size``; the classifier is dropped.
-    """
-    state_dict = checkpoint_filter_fn(checkpoint, model)
-    return {key: value for key, value in state_dict.items() if not key.startswith(('head.', 'head_dist.', 'fc_norm.'))}
-
-
 @MODELS.register_module()
 class DynamicViT(BaseModule):
     """ViT/DeiT backbone with DynamicViT token pruning and a simple feature pyramid.
 
     Args:
         arch (str, optional): 'deit-s' or 'deit-b' sets ``embed_dims``, ``depth``
-            and ``num_heads``; None uses the explicit arguments.
+            and ``num_heads``; an explicit one of them must then agree with it.
+            Without ``arch`` they default to DeiT-S's (384, 12, 6).
         pretrain_img_size (int | tuple): Image size the position embedding is
             stored for (resampled to every input's token grid). Default: 224.
         pruning_locs (sequence[int]): Blocks before which a predictor prunes
@@ -176,9 +172,9 @@ class DynamicViT(BaseModule):
 
     def __init__(self,
                  arch: Optional[str] = None,
-                 embed_dims: int = 384,
-                 depth: int = 12,
-                 num_heads: int = 6,
+                 embed_dims: Optional[int] = None,
+                 depth: Optional[int] = None,
+                 num_heads: Optional[int] = None,
                  pretrain_img_size: Union[int, Tuple[int, int]] = 224,
                  in_channels: int = 3,
                  mlp_ratio: float = 4.,
@@ -194,10 +190,9 @@ class DynamicViT(BaseModule):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
-        if arch is not None:
-            if arch not in ARCH_SETTINGS:
-                raise ValueError(f'arch must be one of {sorted(ARCH_SETTINGS)} or None, got {arch!r}')
-            embed_dims, depth, num_heads = (ARCH_SETTINGS[arch][k] for k in ('embed_dims', 'depth', 'num_heads'))
+        embed_dims, depth, num_heads = resolve_arch(
+            arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depth=depth, num_heads=num_heads),
+            ARCH_SETTINGS['deit-s']).values()
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})')
         super().__init__(init_cfg=init_cfg)
@@ -285,7 +280,11 @@ class DynamicViT(BaseModule):
                 param.requires_grad = False
 
     def init_weights(self) -> None:
-        """timm's ViT initialisation, then the checkpoint of ``init_cfg=dict(type='Pretrained', ...)`` if any."""
+        """timm's ViT initialisation, then ``init_cfg``, by the rule of
+        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
+        init_backbone_weights(self, self._vit_init, self.load_pretrained)
+
+    def _vit_init(self) -> None:
         trunc_normal_(self.pos_embed, std=.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
@@ -293,33 +292,30 @@ class DynamicViT(BaseModule):
                 trunc_normal_init(module, std=.02, bias=0.)
             elif isinstance(module, nn.LayerNorm):
                 constant_init(module, 1.)
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            self.load_pretrained(self.init_cfg['checkpoint'])
 
-    def load_pretrained(self, checkpoint: str) -> _IncompatibleKeys:
-        """Load a timm / DeiT / DynamicViT checkpoint (path or URL) through :func:`convert_vit_checkpoint`.
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
+                        allow_partial: bool = False) -> LoadReport:
+        """Load a timm / DeiT / DynamicViT checkpoint (path or URL, or under ``prefix`` of a whole model's).
 
-        mmengine's own loader is not used because it neither unwraps DeiT's
-        ``model`` entry nor resamples the position embedding. Predictors and the
-        pyramid are absent from ViT checkpoints and keep their initialisation.
+        Predictors and the pyramid are absent from ViT checkpoints and keep their
+        initialisation; anything else that does not fit raises ``CheckpointMismatchError``.
         """
-        logger = MMLogger.get_current_instance()
-        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu', logger=logger)
-        incompatible = self.load_state_dict(convert_vit_checkpoint(loaded, self), strict=False)
-        missing_vit_keys = [k for k in incompatible.missing_keys if not k.startswith(('score_predictor.', 'pyramid.'))]
-        log = logger.warning if missing_vit_keys or incompatible.unexpected_keys else logger.info
-        log(f'{type(self).__name__} loaded {checkpoint}; missing keys: {incompatible.missing_keys}, '
-            f'unexpected keys: {incompatible.unexpected_keys}')
-        return incompatible
+        state_dict = self.checkpoint_filter_fn(backbone_state_dict(read_checkpoint(checkpoint), prefix))
+        optional = [key for key in self.state_dict() if key.startswith(('score_predictor.', 'pyramid.'))
+                    and not any(k.startswith(key.split('.', 1)[0] + '.') for k in state_dict)]
+        return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial)
+
+    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
+        """A timm / DeiT / DynamicViT classification state dict -> ours: timm's ``checkpoint_filter_fn``
+        reshapes old linear patch embeddings and resamples the position embedding to
+        ``pretrain_img_size``; the classifier is dropped."""
+        state_dict = checkpoint_filter_fn(state_dict, self)
+        return {key: value for key, value in state_dict.items()
+                if not key.startswith(('head.', 'head_dist.', 'fc_norm.'))}
 
     def sample_keep_decision(self, log_probs: torch.Tensor, prev_decision: torch.Tensor) -> torch.Tensor:
         """Training decisions ``(B, N, 1)``: hard Gumbel-Softmax (straight-through), times the previous ones."""
         return F.gumbel_softmax(log_probs, hard=True)[..., :1] * prev_decision
-
-    def _run_block(self, block: DynamicBlock, x: torch.Tensor, policy: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(block, x, policy, use_reentrant=False)
-        return block(x, policy)
 
     def _forward_masked(self, x: torch.Tensor) -> torch.Tensor:
         """Training: every token runs; pruned ones are masked out of attention and hold their value."""
@@ -332,10 +328,10 @@ class DynamicViT(BaseModule):
                 self._kept_fractions.append(keep.mean((1, 2)))
                 policy = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
             if policy is None:
-                x = self._run_block(block, x)
+                x = run_block(block, x, with_cp=self.with_cp)
             else:
                 # A pruned token keeps its input, as at inference; the blend passes gradient to the policy.
-                x = policy * self._run_block(block, x, policy) + (1 - policy) * x
+                x = policy * run_block(block, x, policy, with_cp=self.with_cp) + (1 - policy) * x
         return x
 
     def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
@@ -358,7 +354,7 @@ class DynamicViT(BaseModule):
                 grid = _scatter_tokens(grid, kept_index, x)
                 kept_index = kept_index.gather(1, selection)
                 x = _gather_tokens(x, selection)
-            x = self._run_block(block, x)
+            x = run_block(block, x, with_cp=self.with_cp)
         return x if kept_index is None else _scatter_tokens(grid, kept_index, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

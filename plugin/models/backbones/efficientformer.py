@@ -28,22 +28,34 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmengine.logging import MMLogger
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_init
 from mmengine.registry import MODELS
 from timm.layers import DropPath, LayerScale, Mlp, calculate_drop_path_rates
 from timm.layers.norm_act import BatchNormAct2d
-from timm.models.efficientformer import (ConvMlpWithNorm, Downsample, EfficientFormer_depth,
-                                         EfficientFormer_width, MetaBlock2d, Stem4)
+from timm.models.efficientformer import (
+    ConvMlpWithNorm,
+    Downsample,
+    EfficientFormer_depth,
+    EfficientFormer_width,
+    MetaBlock2d,
+    Stem4,
+)
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .efficientformer_convert import (StateDict, checkpoint_state_dict, convert_efficientformer_keys,
-                                      load_checkpoint_file)
-from .sparsevit_swin import extract_backbone_state_dict
+from ..utils.arch import resolve_arch
+from ..utils.blocks import run_block
+from ..utils.checkpoint import (
+    LoadReport,
+    StateDict,
+    backbone_state_dict,
+    init_backbone_weights,
+    load_checked,
+    read_checkpoint,
+)
+from .efficientformer_convert import convert_efficientformer_keys
 
 BIAS_MODES = ('official_dense', 'geometric')
 ARCH_SETTINGS = {
@@ -157,12 +169,13 @@ class Attention(RelativeBiasAttention):
     def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
         """x: ``(B, H*W, C)`` tokens of an ``hw_shape`` grid."""
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
+        # Explicit sizes, not -1: an empty batch has no size to infer.
+        qkv = self.qkv(x).reshape(batch, tokens, self.num_heads, 2 * self.key_dim + self.val_dim).permute(0, 2, 1, 3)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
         # Written out as timm does: on the CPU, SDPA with a float mask is slower at these sizes.
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias(hw_shape, hw_shape)
         x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.val_dim))
 
 
 class AttentionMetaBlock(BaseModule):
@@ -205,38 +218,35 @@ class EfficientFormerStage(BaseModule):
             else:
                 self.blocks.append(AttentionMetaBlock(out_channels, bias_mode, table_side, **common))
 
-    def _run(self, block: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(block, x, *args, use_reentrant=False)
-        return block(x, *args)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         for block in self.blocks[:self.num_conv_blocks]:
-            x = self._run(block, x)
+            x = run_block(block, x, with_cp=self.with_cp)
         if self.num_conv_blocks == len(self.blocks):
             return x
         batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         for block in self.blocks[self.num_conv_blocks:]:
-            tokens = self._run(block, tokens, (height, width))
+            tokens = run_block(block, tokens, (height, width), with_cp=self.with_cp)
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
-
-
-def check_arch(arch: Optional[str], settings: Dict[str, dict]) -> Optional[dict]:
-    """The settings of ``arch``, None for None, or a ValueError naming the allowed ones."""
-    if arch is None:
-        return None
-    if arch not in settings:
-        raise ValueError(f'arch must be one of {sorted(settings)} or None (explicit embed_dims, depths, '
-                         f'...), got {arch!r}')
-    return settings[arch]
 
 
 def check_num_vit(num_vit: int, depths: Sequence[int]) -> None:
     """The 3D MHSA blocks replace the last blocks of the last stage: at most ``depths[-1]`` of them."""
     if not 0 <= num_vit <= depths[-1]:
         raise ValueError(f'num_vit must lie in [0, depths[-1]={depths[-1]}], got {num_vit}')
+
+
+def conv_block_counts(depths: Sequence[int], num_vit: int) -> List[int]:
+    """4D MetaBlocks per stage: every block, except the last stage's final ``num_vit`` (3D MHSA ones)."""
+    check_num_vit(num_vit, depths)
+    return [*depths[:-1], depths[-1] - num_vit]
+
+
+def stage_depths(num_conv: Sequence[int], num_vit: int) -> List[int]:
+    """Blocks per stage of 4D MetaBlock counts and ``num_vit`` 3D ones at the end: the inverse of
+    :func:`conv_block_counts`."""
+    return [*num_conv[:-1], num_conv[-1] + num_vit]
 
 
 def last_stage_table_side(img_size: int, num_stages: int) -> int:
@@ -318,64 +328,52 @@ class EfficientFormerBase(BaseModule):
                 param.requires_grad = False
 
     def init_weights(self) -> None:
-        """timm's initialisation, or ``init_cfg``: a ``Pretrained`` one goes through :meth:`load_pretrained`."""
-        if self.init_cfg is None:
-            # timm's classification init; conv layers keep PyTorch's default.
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    trunc_normal_init(module, std=.02, bias=0.)
-        elif isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            self.load_pretrained(self.init_cfg['checkpoint'])
-        else:
-            super().init_weights()
+        """timm's initialisation, then ``init_cfg``, by the rule of
+        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
+        init_backbone_weights(self, self._timm_init, self.load_pretrained)
 
-    def load_pretrained(self, checkpoint: str) -> None:
+    def _timm_init(self) -> None:
+        # timm's classification init; conv layers keep PyTorch's default.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_init(module, std=.02, bias=0.)
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
+                        allow_partial: bool = False) -> LoadReport:
         """Load a classification or dense-prediction checkpoint in any published layout.
 
-        A classification checkpoint leaves the output norms at their init and,
-        in 'official_dense' mode, the ``attention_biases_seg`` tables at zero (as
-        the authors do); its own tables are used in 'geometric' mode. Anything
-        else that does not fit raises one ValueError naming the keys.
+        The backbone's entries are those under ``prefix`` when given, else under
+        ``backbone.`` when the file has any. A classification checkpoint leaves the
+        output norms at their init and, in 'official_dense' mode, the
+        ``attention_biases_seg`` tables at zero (as the authors do); its own tables
+        are used in 'geometric' mode. Anything else that does not fit raises
+        ``CheckpointMismatchError`` naming the keys, unless ``allow_partial``.
         """
-        state_dict = self.convert_keys(extract_backbone_state_dict(
-            checkpoint_state_dict(load_checkpoint_file(checkpoint))))
+        state_dict = self.checkpoint_filter_fn(backbone_state_dict(read_checkpoint(checkpoint), prefix))
         own = self.state_dict()
-        tolerated_missing = set()
+        optional = set()
         if not any(re.match(r'norm\d+\.', key) for key in state_dict):
-            tolerated_missing |= {key for key in own if re.match(r'norm\d+\.', key)}
+            optional |= {key for key in own if re.match(r'norm\d+\.', key)}
+        if self.bias_mode == 'official_dense' and not any(k.endswith('.attention_biases_seg') for k in state_dict):
+            optional |= {key for key in own if key.endswith('.attention_biases_seg')}
+        return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial,
+                            hint=self._mismatch_hint(state_dict, own),
+                            target=f'{type(self).__name__}(bias_mode={self.bias_mode!r})')
+
+    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
+        """Published keys -> ours; in 'official_dense' mode without the classification bias tables,
+        which the authors' dense backbones ignore too."""
+        state_dict = self.convert_keys(state_dict)
         if self.bias_mode == 'official_dense':
-            # The authors' dense backbones ignore the classification tables too.
             state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attention_biases')}
-            if not any(key.endswith('.attention_biases_seg') for key in state_dict):
-                tolerated_missing |= {key for key in own if key.endswith('.attention_biases_seg')}
+        return state_dict
 
-        missing = [key for key in own if key not in state_dict and key not in tolerated_missing]
-        unexpected = [key for key in state_dict if key not in own]
-        mismatched = [f'{key} {tuple(value.shape)} (model: {tuple(own[key].shape)})'
-                      for key, value in state_dict.items() if key in own and value.shape != own[key].shape]
-        if missing or unexpected or mismatched:
-            raise ValueError(self._mismatch_message(checkpoint, missing, unexpected, mismatched))
-        self.load_state_dict(state_dict, strict=False)
-        MMLogger.get_current_instance().info(
-            f'{type(self).__name__} loaded {checkpoint}; left at init: {sorted(tolerated_missing) or "none"}')
-
-    def _mismatch_message(self, checkpoint: str, missing: List[str], unexpected: List[str],
-                          mismatched: List[str]) -> str:
-        def listing(name: str, keys: List[str]) -> str:
-            shown = ', '.join(keys[:8]) + (f', ... ({len(keys) - 8} more)' if len(keys) > 8 else '')
-            return f'\n  {len(keys)} {name}: {shown}'
-
-        message = f'{checkpoint} does not fit {type(self).__name__}(bias_mode={self.bias_mode!r}):'
-        for name, keys in (('missing keys', missing), ('unexpected keys', unexpected),
-                           ('shape mismatches', mismatched)):
-            if keys:
-                message += listing(name, keys)
-        if self.bias_mode == 'geometric' and any(k.endswith('attention_biases_seg') for k in unexpected):
-            message += ("\n  It is a dense-prediction checkpoint of the authors' backbone: "
-                        "use bias_mode='official_dense'.")
-        elif mismatched:
-            message += '\n  Check arch and the bias table sizes (pretrain_img_size, dense_img_size).'
-        return message
+    def _mismatch_hint(self, state_dict: StateDict, own: StateDict) -> Optional[str]:
+        if self.bias_mode == 'geometric' and any(k.endswith('attention_biases_seg') for k in state_dict):
+            return "It is a dense-prediction checkpoint of the authors' backbone: use bias_mode='official_dense'."
+        if any(key in own and value.shape != own[key].shape for key, value in state_dict.items()):
+            return 'Check arch and the bias table sizes (pretrain_img_size, dense_img_size).'
+        return None
 
     def fuse(self) -> 'EfficientFormerBase':
         """Fold every BatchNorm into the conv before it, for deployment (eval mode only)."""
@@ -399,7 +397,8 @@ class EfficientFormer(EfficientFormerBase):
 
     Args:
         arch (str, optional): 'l1', 'l3' or 'l7' sets ``embed_dims``, ``depths``
-            and ``num_vit``; None (default) uses those arguments (whose defaults are L1's).
+            and ``num_vit``; an explicit one of them must then agree with it. Without
+            ``arch`` they default to L1's.
         embed_dims (Sequence[int]): Channels per stage.
         depths (Sequence[int]): Blocks per stage.
         num_vit (int): Attention blocks at the end of the last stage.
@@ -422,15 +421,16 @@ class EfficientFormer(EfficientFormerBase):
         drop_rate (float): Dropout in the MLPs.
         drop_path_rate (float): Stochastic depth, rising linearly over all blocks.
         layer_scale_init_value (float): Initial LayerScale.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
-            loads any published EfficientFormer checkpoint.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
+            prefix=None, allow_partial=False)`` loads any published EfficientFormer
+            checkpoint (see :meth:`load_pretrained`).
     """
 
     def __init__(self,
                  arch: Optional[str] = None,
-                 embed_dims: Sequence[int] = (48, 96, 224, 448),
-                 depths: Sequence[int] = (3, 2, 6, 4),
-                 num_vit: int = 1,
+                 embed_dims: Optional[Sequence[int]] = None,
+                 depths: Optional[Sequence[int]] = None,
+                 num_vit: Optional[int] = None,
                  in_channels: int = 3,
                  mlp_ratio: float = 4.,
                  pool_size: int = 3,
@@ -446,9 +446,9 @@ class EfficientFormer(EfficientFormerBase):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-5,
                  init_cfg: Optional[dict] = None) -> None:
-        settings = check_arch(arch, ARCH_SETTINGS)
-        if settings is not None:
-            embed_dims, depths, num_vit = settings['embed_dims'], settings['depths'], settings['num_vit']
+        embed_dims, depths, num_vit = resolve_arch(
+            arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, num_vit=num_vit),
+            ARCH_SETTINGS['l1']).values()
         if len(embed_dims) != len(depths):
             raise ValueError(f'embed_dims {tuple(embed_dims)} and depths {tuple(depths)} must have '
                              f'one entry per stage')

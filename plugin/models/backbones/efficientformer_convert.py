@@ -1,4 +1,6 @@
-"""Checkpoint loading and key conversion for the EfficientFormer backbones.
+"""Key conversion of published checkpoints for the EfficientFormer backbones.
+
+Loading itself is ``plugin.models.utils.checkpoint``'s.
 
 Our state-dict keys are timm's (``stem.*``, ``stages.{i}.downsample.*``,
 ``stages.{i}.blocks.{j}.*``), except that the last stage's blocks are numbered
@@ -15,18 +17,13 @@ turn the other published layouts into ours:
 Classification heads and the classification norm are dropped, and so are the
 attention index buffers, which our modules compute for each input size.
 """
-import os
-import pickle
 import re
-import warnings
 from collections import OrderedDict
 from typing import Callable, Dict, List, Tuple
 
-import torch
-from mmengine.runner.checkpoint import CheckpointLoader
 from timm.models.efficientformer import checkpoint_filter_fn as timm_v1_checkpoint_filter_fn
 
-StateDict = Dict[str, torch.Tensor]
+from ..utils.checkpoint import StateDict
 
 # Keys no backbone of ours has: classifier heads, the classification norm, index buffers.
 _DROPPED_KEY = re.compile(r'^(norm|head|head_dist|dist_head)\.|(^|\.)attention_bias_idxs(_seg)?$')
@@ -155,31 +152,3 @@ KEY_CONVERTERS: Dict[str, Callable[[StateDict], StateDict]] = {
     'efficientformer': convert_efficientformer_keys,
     'efficientformerv2': convert_efficientformerv2_keys,
 }
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """The dict stored in a checkpoint file or URL (``.safetensors`` included), on the CPU.
-
-    Checkpoints that pickle Python objects besides tensors (mmengine's and
-    mmcv's training checkpoints) fail torch's default ``weights_only`` load; a
-    local one is then loaded in full, with a warning, as mmengine used to.
-    """
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path, device='cpu')
-    try:
-        return CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    except pickle.UnpicklingError:
-        if not os.path.isfile(path):
-            raise
-        warnings.warn(f'{path} holds pickled Python objects besides tensors; loading it with '
-                      f'weights_only=False (only do so with checkpoints you trust)')
-        return torch.load(path, map_location='cpu', weights_only=False)
-
-
-def checkpoint_state_dict(checkpoint: dict) -> StateDict:
-    """The weights of a loaded checkpoint: its ``state_dict`` or ``model`` entry, or itself."""
-    for key in ('state_dict', 'model'):
-        if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint

@@ -19,13 +19,31 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 from timm.layers import calculate_drop_path_rates
 from timm.models.efficientformer import Downsample, MetaBlock2d, Stem4
 
-from .efficientformer import AttentionMetaBlock, EfficientFormerBase, check_num_vit, last_stage_table_side
+from ..utils.blocks import run_block
+from .efficientformer import (
+    AttentionMetaBlock,
+    EfficientFormerBase,
+    check_num_vit,
+    conv_block_counts,
+    last_stage_table_side,
+    stage_depths,
+)
+
+
+def supernet_search_space(width_choices: Sequence[Sequence[int]], depths: Sequence[int], num_vit: int) -> dict:
+    """The supernet's search space, checked, as ``plugin.slimming`` takes it: per stage the distinct
+    candidate widths in increasing order, MetaPaths per stage, 3D MetaPaths at the end."""
+    widths = [sorted({int(w) for w in stage}) for stage in width_choices]
+    if len(widths) != len(depths) or any(not stage or stage[0] <= 0 for stage in widths):
+        raise ValueError(f'width_choices needs one non-empty list of positive widths per stage '
+                         f'({len(depths)} stages), got {[list(stage) for stage in width_choices]}')
+    check_num_vit(num_vit, depths)
+    return dict(width_choices=widths, depths=[int(d) for d in depths], num_vit=int(num_vit))
 
 
 class GumbelChoice(BaseModule):
@@ -106,23 +124,18 @@ class SupernetStage(BaseModule):
             for i in range(num_vit)
         ])
 
-    def _run(self, path: MetaPath, x: torch.Tensor, *args) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(path, x, *args, use_reentrant=False)
-        return path(x, *args)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One width draw per forward, re-applied after every path so masked channels stay off.
         mask = self.width.channel_mask()
         x = self.downsample(x) * mask.view(1, -1, 1, 1)
         for path in self.conv_paths:
-            x = self._run(path, x) * mask.view(1, -1, 1, 1)
+            x = run_block(path, x, with_cp=self.with_cp) * mask.view(1, -1, 1, 1)
         if not self.vit_paths:
             return x
         batch, channels, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         for path in self.vit_paths:
-            tokens = self._run(path, tokens, (height, width)) * mask
+            tokens = run_block(path, tokens, (height, width), with_cp=self.with_cp) * mask
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
@@ -165,13 +178,9 @@ class EfficientFormerSupernet(EfficientFormerBase):
                  layer_scale_init_value: float = 1e-5,
                  temperature: float = 5.,
                  init_cfg: Optional[dict] = None) -> None:
-        width_choices = tuple(tuple(sorted(set(int(w) for w in widths))) for widths in width_choices)
-        if len(width_choices) != len(depths) or any(not widths or widths[0] <= 0 for widths in width_choices):
-            raise ValueError(f'width_choices needs one non-empty list of positive widths per stage '
-                             f'({len(depths)} stages), got {width_choices}')
-        check_num_vit(num_vit, depths)
+        space = supernet_search_space(width_choices, depths, num_vit)
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
-        self.width_choices = width_choices
+        self.width_choices = tuple(tuple(widths) for widths in space['width_choices'])
         self.depths = tuple(depths)
         self.num_vit = num_vit
 
@@ -181,11 +190,12 @@ class EfficientFormerSupernet(EfficientFormerBase):
         self.stem = Stem4(in_channels, widest[0])
         drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         last = len(depths) - 1
+        num_conv = conv_block_counts(depths, num_vit)
         self.stages = ModuleList([
             SupernetStage(
                 in_channels=widest[max(i - 1, 0)],
-                widths=width_choices[i],
-                num_conv=depths[i] - (num_vit if i == last else 0),
+                widths=self.width_choices[i],
+                num_conv=num_conv[i],
                 num_vit=num_vit if i == last else 0,
                 downsample=i > 0,
                 bias_mode=bias_mode,
@@ -210,8 +220,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
 
     def search_space(self) -> dict:
         """What ``plugin.slimming`` needs to enumerate candidates: widths, depths, num_vit."""
-        return dict(width_choices=[list(w) for w in self.width_choices], depths=list(self.depths),
-                    num_vit=self.num_vit)
+        return supernet_search_space(self.width_choices, self.depths, self.num_vit)
 
     def importance(self) -> Dict[str, list]:
         """Learned importance scores.
@@ -243,6 +252,5 @@ class EfficientFormerSupernet(EfficientFormerBase):
             raise ValueError(f'embed_dims must pick one width per stage from {self.width_choices}, '
                              f'got {tuple(embed_dims)}')
         num_vit = sum(map(bool, vit_keep))
-        depths = [sum(map(bool, keep)) for keep in conv_keep]
-        depths[-1] += num_vit
+        depths = stage_depths([sum(map(bool, keep)) for keep in conv_keep], num_vit)
         return dict(depths=depths, embed_dims=[int(w) for w in embed_dims], num_vit=num_vit)

@@ -20,15 +20,22 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 from timm.layers import ConvNormAct, DropPath, LayerScale2d, calculate_drop_path_rates, to_ntuple
-from timm.models.efficientformer_v2 import (ConvMlpWithNorm, ConvNorm, EfficientFormer_depth,
-                                            EfficientFormer_expansion_ratios, EfficientFormer_width,
-                                            LocalGlobalQuery, Stem4)
+from timm.models.efficientformer_v2 import (
+    ConvMlpWithNorm,
+    ConvNorm,
+    EfficientFormer_depth,
+    EfficientFormer_expansion_ratios,
+    EfficientFormer_width,
+    LocalGlobalQuery,
+    Stem4,
+)
 
-from .efficientformer import EfficientFormerBase, RelativeBiasAttention, check_arch
+from ..utils.arch import resolve_arch
+from ..utils.blocks import run_block
+from .efficientformer import EfficientFormerBase, RelativeBiasAttention
 from .efficientformer_convert import convert_efficientformerv2_keys
 
 ARCH_SETTINGS = {
@@ -49,8 +56,9 @@ class Attention2d(RelativeBiasAttention):
                  attn_ratio: int = 4, stride: Optional[int] = None, act_layer: type = nn.GELU) -> None:
         super().__init__(num_heads, bias_mode, table_side)
         self.key_dim = key_dim
+        self.value_dim = int(attn_ratio * key_dim)
         self.scale = key_dim**-0.5
-        value_channels = int(attn_ratio * key_dim) * num_heads
+        value_channels = self.value_dim * num_heads
         self.stride_conv = ConvNorm(dim, dim, kernel_size=3, stride=stride, groups=dim) if stride else None
         self.q = ConvNorm(dim, key_dim * num_heads)
         self.k = ConvNorm(dim, key_dim * num_heads)
@@ -66,15 +74,16 @@ class Attention2d(RelativeBiasAttention):
         if self.stride_conv is not None:
             x = self.stride_conv(x)
         h, w = x.shape[-2:]
-        q = self.q(x).reshape(batch, self.num_heads, -1, h * w).transpose(-2, -1)
-        k = self.k(x).reshape(batch, self.num_heads, -1, h * w)
+        # Explicit sizes, not -1: an empty batch has no size to infer.
+        q = self.q(x).reshape(batch, self.num_heads, self.key_dim, h * w).transpose(-2, -1)
+        k = self.k(x).reshape(batch, self.num_heads, self.key_dim, h * w)
         v = self.v(x)
         v_local = self.v_local(v)
-        v = v.reshape(batch, self.num_heads, -1, h * w).transpose(-2, -1)
+        v = v.reshape(batch, self.num_heads, self.value_dim, h * w).transpose(-2, -1)
 
         attn = (q @ k) * self.scale + self.attention_bias((h, w), (h, w))
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
-        x = (attn @ v).transpose(2, 3).reshape(batch, -1, h, w) + v_local
+        x = (attn @ v).transpose(2, 3).reshape(batch, self.num_heads * self.value_dim, h, w) + v_local
         if self.stride_conv is not None:
             # To the input's own size: an odd side is one less than stride * h.
             x = F.interpolate(x, size=(height, width), mode='bilinear', align_corners=False)
@@ -88,8 +97,10 @@ class Attention2dDownsample(RelativeBiasAttention):
     def __init__(self, dim: int, out_dim: int, bias_mode: str, table_side: int, key_dim: int = 16,
                  num_heads: int = 8, attn_ratio: int = 4, act_layer: type = nn.GELU) -> None:
         super().__init__(num_heads, bias_mode, table_side, query_stride=2)
+        self.key_dim = key_dim
+        self.value_dim = int(attn_ratio * key_dim)
         self.scale = key_dim**-0.5
-        value_channels = int(attn_ratio * key_dim) * num_heads
+        value_channels = self.value_dim * num_heads
         self.q = LocalGlobalQuery(dim, key_dim * num_heads)
         self.k = ConvNorm(dim, key_dim * num_heads)
         self.v = ConvNorm(dim, value_channels)
@@ -101,14 +112,14 @@ class Attention2dDownsample(RelativeBiasAttention):
         batch, _, height, width = x.shape
         q = self.q(x)
         h, w = q.shape[-2:]
-        q = q.reshape(batch, self.num_heads, -1, h * w).transpose(-2, -1)
-        k = self.k(x).reshape(batch, self.num_heads, -1, height * width)
+        q = q.reshape(batch, self.num_heads, self.key_dim, h * w).transpose(-2, -1)
+        k = self.k(x).reshape(batch, self.num_heads, self.key_dim, height * width)
         v = self.v(x)
         v_local = self.v_local(v)
-        v = v.reshape(batch, self.num_heads, -1, height * width).transpose(-2, -1)
+        v = v.reshape(batch, self.num_heads, self.value_dim, height * width).transpose(-2, -1)
 
         attn = (q @ k) * self.scale + self.attention_bias((h, w), (height, width))
-        x = (attn.softmax(dim=-1) @ v).transpose(2, 3).reshape(batch, -1, h, w) + v_local
+        x = (attn.softmax(dim=-1) @ v).transpose(2, 3).reshape(batch, self.num_heads * self.value_dim, h, w) + v_local
         return self.proj(self.act(x))
 
 
@@ -178,10 +189,7 @@ class EfficientFormerV2Stage(BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x, with_cp=self.with_cp)
         return x
 
 
@@ -191,8 +199,8 @@ class EfficientFormerV2(EfficientFormerBase):
 
     Args:
         arch (str, optional): 's0', 's1', 's2' or 'l' sets ``embed_dims``,
-            ``depths``, ``mlp_ratios`` and ``num_vit``; None (default) uses those
-            arguments (whose defaults are S0's).
+            ``depths``, ``mlp_ratios`` and ``num_vit``; an explicit one of them must
+            then agree with it. Without ``arch`` they default to S0's.
         embed_dims (Sequence[int]): Channels per stage.
         depths (Sequence[int]): Blocks per stage.
         mlp_ratios (Sequence): Per stage, one MLP ratio or one per block.
@@ -211,10 +219,10 @@ class EfficientFormerV2(EfficientFormerBase):
 
     def __init__(self,
                  arch: Optional[str] = None,
-                 embed_dims: Sequence[int] = (32, 48, 96, 176),
-                 depths: Sequence[int] = (2, 2, 6, 4),
-                 mlp_ratios: Sequence[Union[float, Sequence[float]]] = (4, 4, (4, 3, 3, 3, 4, 4), (4, 3, 3, 4)),
-                 num_vit: int = 2,
+                 embed_dims: Optional[Sequence[int]] = None,
+                 depths: Optional[Sequence[int]] = None,
+                 mlp_ratios: Optional[Sequence[Union[float, Sequence[float]]]] = None,
+                 num_vit: Optional[int] = None,
                  in_channels: int = 3,
                  bias_mode: str = 'official_dense',
                  pretrain_img_size: int = 224,
@@ -228,10 +236,9 @@ class EfficientFormerV2(EfficientFormerBase):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-5,
                  init_cfg: Optional[dict] = None) -> None:
-        settings = check_arch(arch, ARCH_SETTINGS)
-        if settings is not None:
-            embed_dims, depths = settings['embed_dims'], settings['depths']
-            mlp_ratios, num_vit = settings['mlp_ratios'], settings['num_vit']
+        embed_dims, depths, mlp_ratios, num_vit = resolve_arch(
+            arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios, num_vit=num_vit),
+            ARCH_SETTINGS['s0']).values()
         if not len(embed_dims) == len(depths) == len(mlp_ratios):
             raise ValueError(f'embed_dims {tuple(embed_dims)}, depths {tuple(depths)} and mlp_ratios '
                              f'{tuple(mlp_ratios)} must have one entry per stage')
@@ -239,6 +246,12 @@ class EfficientFormerV2(EfficientFormerBase):
         if any(len(ratios) != depth for ratios, depth in zip(mlp_ratios, depths)):
             raise ValueError(f'mlp_ratios {mlp_ratios} must give one ratio per block of each stage '
                              f'(depths {tuple(depths)})')
+        if len(depths) != 4:
+            raise ValueError(f'EfficientFormerV2 has 4 stages (attention in stages 3 and 4), '
+                             f'got depths {tuple(depths)}')
+        if not 0 <= num_vit <= min(depths[2:]):
+            raise ValueError(f'num_vit must lie in [0, {min(depths[2:])}]: the attention blocks are the last num_vit '
+                             f'of stages 3 and 4 (depths {tuple(depths[2:])}), got {num_vit}')
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
 
         img_size = self.bias_image_size(bias_mode, dense_img_size, pretrain_img_size)
@@ -253,7 +266,7 @@ class EfficientFormerV2(EfficientFormerBase):
                 out_channels=embed_dims[i],
                 depth=depth,
                 mlp_ratios=mlp_ratios[i],
-                num_attn=min(num_vit, depth) if i >= 2 else 0,
+                num_attn=num_vit if i >= 2 else 0,
                 attn_stride=attn_stride,
                 downsample=i > 0,
                 downsample_attn=i >= 3,

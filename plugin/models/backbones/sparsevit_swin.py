@@ -16,6 +16,7 @@ Differences from a dense Swin, all needed for window sparsity:
   the ratios, so a forward pass has static shapes and no host synchronisation:
   it can be captured as a CUDA graph or compiled with ``fullgraph=True``.
 """
+import re
 import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -23,23 +24,36 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.modules.module import _IncompatibleKeys
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging, build_dropout
-from mmengine.logging import MMLogger
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import CheckpointLoader
-from mmengine.utils import to_2tuple
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..utils.arch import resolve_arch
+from ..utils.blocks import run_block
+from ..utils.checkpoint import (
+    LoadReport,
+    StateDict,
+    backbone_state_dict,
+    init_backbone_weights,
+    load_checked,
+    read_checkpoint,
+)
 from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
-from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
-from ..utils.window_ops import (WindowGrid, batched_token_positions,
-                                build_window_grid, gather_rows, pad_to_mask_alignment, padded_shape,
-                                scatter_rows_, window_l2_scores, windows_by_score)
+from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss, nested_keep_decisions, sample_logistic_noise
+from ..utils.window_ops import (
+    WindowGrid,
+    batched_token_positions,
+    build_window_grid,
+    gather_rows,
+    pad_to_mask_alignment,
+    padded_shape,
+    scatter_rows_,
+    window_l2_scores,
+    windows_by_score,
+)
 
 # cuDNN's fused attention takes a 49-token window with an additive mask about 4x
 # slower than the memory-efficient kernel on an H100 (fp16); leave it out.
@@ -50,6 +64,8 @@ ARCH_SETTINGS = {
     'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
+# Keys of the official Swin release that no dense backbone has: the classifier, its norm, the cached shift masks.
+_CLASSIFICATION_KEY = re.compile(r'^(head|norm)\.|\.attn_mask$')
 
 
 def layer_norm_in_input_precision(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -234,9 +250,7 @@ class SparseSwinBlock(BaseModule):
     def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor] = None,
                 valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """windows ``(B, k, N, C)``; shift_mask ``(B or 1, k, N, Np)`` and valid broadcastable to ``(B, k, N)``."""
-        if self.with_cp and windows.requires_grad:
-            return cp.checkpoint(self._forward_windows, windows, shift_mask, valid, use_reentrant=False)
-        return self._forward_windows(windows, shift_mask, valid)
+        return run_block(self._forward_windows, windows, shift_mask, valid, with_cp=self.with_cp)
 
 
 class TokenPatchMerging(PatchMerging):
@@ -332,8 +346,8 @@ class SparseSwinBlockSequence(BaseModule):
         grids: Dict[int, WindowGrid] = {
             shift: build_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
         rankings: Optional[Dict[int, torch.Tensor]] = None
-        window_log_probs: Optional[Dict[int, torch.Tensor]] = None
-        decisions: Dict[int, torch.Tensor] = {}
+        # Learned scorer in training: per grid, each window's keep log-odds plus one noise draw (see _run_nested).
+        perturbed_scores: Optional[Dict[int, torch.Tensor]] = None
         kept_per_block: List[Optional[torch.Tensor]] = []
         self.kept_fractions, self.keep_targets = [], []
         for block, ratio in zip(self.blocks, ratios):
@@ -345,12 +359,13 @@ class SparseSwinBlockSequence(BaseModule):
                     rankings = self._rank_windows(tokens.detach(), hw_shape, grids)
                 else:
                     # A copy: the predictor keeps its input for backward, the blocks overwrite the buffer.
-                    window_log_probs = self._learned_window_log_probs(tokens.clone(), hw_shape, grids)
-                    rankings = {shift: windows_by_score(log_probs[..., 0])
-                                for shift, log_probs in window_log_probs.items()}
-            if window_log_probs is not None and self.training:
-                self._run_with_gumbel_decisions(block, ratio, buffer, grid, window_log_probs, decisions,
-                                                tokens_per_image)
+                    log_odds = self._learned_window_log_odds(tokens.clone(), hw_shape, grids)
+                    rankings = {shift: windows_by_score(scores) for shift, scores in log_odds.items()}
+                    if self.training:
+                        perturbed_scores = {shift: scores + sample_logistic_noise(scores)
+                                            for shift, scores in log_odds.items()}
+            if perturbed_scores is not None and ratio > 0:
+                self._run_nested(block, ratio, buffer, grid, perturbed_scores[block.shift_size], tokens_per_image)
                 kept_per_block.append(None)
                 continue
             if rankings is None:
@@ -397,35 +412,32 @@ class SparseSwinBlockSequence(BaseModule):
         return {shift: windows_by_score(window_l2_scores(activity, grid.token_index))
                 for shift, grid in grids.items()}
 
-    def _learned_window_log_probs(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
-                                  grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
-        """Per grid ``(B, nW, 2)`` log-probabilities of (keep, drop): the predictor's token scores averaged per window."""
+    def _learned_window_log_odds(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
+                                 grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
+        """Per grid ``(B, nW)`` keep-vs-drop log-odds: the predictor's token log-probabilities averaged per window."""
         inside = self._inside_map(hw_shape, tokens.device)
         policy = tokens.new_ones(tokens.shape[:2]) if inside is None else inside.to(tokens.dtype).expand(
             tokens.shape[0], -1)
         token_log_probs = self.window_scorer(tokens, policy.unsqueeze(-1))
-        window_log_probs = {}
+        window_log_odds = {}
         for shift, grid in grids.items():
             per_token = token_log_probs[:, grid.token_index]
             weights = torch.ones_like(grid.token_index, dtype=tokens.dtype) if grid.valid is None \
                 else grid.valid.to(tokens.dtype)
-            pooled = (per_token * weights[..., None]).sum(2) / weights.sum(1)[:, None]
-            window_log_probs[shift] = pooled.log_softmax(-1)
-        return window_log_probs
+            pooled = ((per_token * weights[..., None]).sum(2) / weights.sum(1)[:, None]).log_softmax(-1)
+            window_log_odds[shift] = pooled[..., 0] - pooled[..., 1]
+        return window_log_odds
 
-    def _run_with_gumbel_decisions(self, block: SparseSwinBlock, ratio: float, buffer: torch.Tensor,
-                                   grid: WindowGrid, window_log_probs: Dict[int, torch.Tensor],
-                                   decisions: Dict[int, torch.Tensor], tokens_per_image: int) -> None:
-        """Training with the learned scorer: every window runs, a hard Gumbel decision picks output or input.
+    def _run_nested(self, block: SparseSwinBlock, ratio: float, buffer: torch.Tensor, grid: WindowGrid,
+                    perturbed_scores: torch.Tensor, tokens_per_image: int) -> None:
+        """Training with the learned scorer: every window runs, a hard decision picks its output or its input.
 
-        The decision is straight-through, so the task loss trains the predictor; a dropped
-        window stays dropped for the rest of the stage, as at inference.
+        Decisions follow the inference rule: one ranking per stage and grid (the perturbed
+        log-odds), each block keeps a prefix of it (``nested_keep_decisions``), so a dropped
+        window stays dropped. They are straight-through, so the task loss trains the
+        predictor, and each block's kept fraction enters the keep-ratio loss with its own target.
         """
-        shift = block.shift_size
-        log_probs = window_log_probs[shift]
-        previous = decisions.get(shift, torch.ones_like(log_probs[..., 0]))
-        decision = F.gumbel_softmax(log_probs, hard=True)[..., 0] * previous
-        decisions[shift] = decision
+        decision = nested_keep_decisions(perturbed_scores, 1.0 - ratio)
         self.kept_fractions.append(decision.mean(1))
         self.keep_targets.append(1.0 - ratio)
         batch, channels = decision.shape[0], buffer.shape[1]
@@ -444,25 +456,36 @@ class SparseViTSwin(BaseModule):
     Args:
         pruning_ratios (float | list): One float for every block, or one entry per
             stage: a float for all its blocks or a list with one ratio per block.
-            Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense.
+            Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense. A
+            block keeps ``floor((1 - ratio) * nW)`` of its stage's nW windows, so a
+            stage with few windows at the input size (e.g. one) keeps none at
+            ratio 0.5; the forward pass warns when a block keeps no window.
         scorer (str): 'l2' ranks windows by activation norm (the paper); 'learned'
-            by a DynamicViT-style predictor per stage, trained with hard Gumbel
+            by a DynamicViT-style predictor per stage, trained with nested hard
             decisions and ``loss_window_keep_ratio`` (see :meth:`auxiliary_losses`).
         keep_ratio_loss_weight (float): Weight of that loss.
         arch (str, optional): 'tiny', 'small' or 'base' sets ``embed_dims``,
-            ``depths`` and ``num_heads``; None uses the explicit arguments.
+            ``depths`` and ``num_heads``; an explicit one of them must then agree
+            with it. Without ``arch`` they default to Swin-T's (96, (2, 2, 6, 2),
+            (3, 6, 12, 24)).
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
+            prefix=None, allow_partial=False)`` loads an mmdet/mmseg/mmdet3d
+            checkpoint (the ``backbone.`` entries, or those under ``prefix``) or the
+            official release (with ``convert_weights``); a checkpoint that does
+            not fit raises an error naming the keys (see
+            :mod:`plugin.models.utils.checkpoint`).
         The other arguments are those of mmdet's ``SwinTransformer``.
     """
 
     def __init__(self,
                  pretrain_img_size: Union[int, Tuple[int, int]] = 224,
                  in_channels: int = 3,
-                 embed_dims: int = 96,
+                 embed_dims: Optional[int] = None,
                  patch_size: int = 4,
                  window_size: int = 7,
                  mlp_ratio: int = 4,
-                 depths: Sequence[int] = (2, 2, 6, 2),
-                 num_heads: Sequence[int] = (3, 6, 12, 24),
+                 depths: Optional[Sequence[int]] = None,
+                 num_heads: Optional[Sequence[int]] = None,
                  strides: Sequence[int] = (4, 2, 2, 2),
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  qkv_bias: bool = True,
@@ -483,10 +506,10 @@ class SparseViTSwin(BaseModule):
                  keep_ratio_loss_weight: float = 2.,
                  arch: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        if arch is not None:
-            if arch not in ARCH_SETTINGS:
-                raise ValueError(f'arch must be one of {sorted(ARCH_SETTINGS)} or None, got {arch!r}')
-            embed_dims, depths, num_heads = (ARCH_SETTINGS[arch][k] for k in ('embed_dims', 'depths', 'num_heads'))
+        embed_dims, depths, num_heads = resolve_arch(
+            arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads),
+            ARCH_SETTINGS['tiny']).values()
+        pretrain_img_size = self._check_pretrain_img_size(pretrain_img_size)
         if len(depths) != len(num_heads) or len(strides) != len(depths):
             raise ValueError(f'depths {tuple(depths)}, num_heads {tuple(num_heads)} and strides '
                              f'{tuple(strides)} must have one entry per stage')
@@ -500,6 +523,8 @@ class SparseViTSwin(BaseModule):
             raise ValueError(f"scorer must be 'l2' (the paper's activation norm) or 'learned' "
                              f"(a DynamicViT-style predictor), got {scorer!r}")
         if pretrained is not None:
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a str (a checkpoint path or URL) or None, got {pretrained!r}')
             if init_cfg is not None:
                 raise ValueError('init_cfg and pretrained cannot be set at the same time')
             warnings.warn('pretrained is deprecated, use init_cfg=dict(type="Pretrained", checkpoint=...)')
@@ -512,6 +537,7 @@ class SparseViTSwin(BaseModule):
         self.use_abs_pos_embed = use_abs_pos_embed
         self.keep_ratio_loss_weight = keep_ratio_loss_weight
         self.depths = tuple(depths)
+        self.window_size = window_size
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
         self.kept_windows: List[List[Optional[torch.Tensor]]] = []
         self.stage_hw_shapes: List[Tuple[int, int]] = []
@@ -524,7 +550,6 @@ class SparseViTSwin(BaseModule):
             stride=strides[0],
             norm_cfg=norm_cfg if patch_norm else None)
         if use_abs_pos_embed:
-            pretrain_img_size = to_2tuple(pretrain_img_size)
             self.pos_embed_shape = (pretrain_img_size[0] // patch_size, pretrain_img_size[1] // patch_size)
             self.absolute_pos_embed = nn.Parameter(
                 torch.zeros(1, self.pos_embed_shape[0] * self.pos_embed_shape[1], embed_dims))
@@ -564,6 +589,16 @@ class SparseViTSwin(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
 
+    @staticmethod
+    def _check_pretrain_img_size(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+        """mmdet's rule: an int, or a tuple (here also a list) of one or two ints."""
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size, size
+        if isinstance(size, (tuple, list)) and len(size) in (1, 2) and all(
+                isinstance(side, int) and not isinstance(side, bool) for side in size):
+            return int(size[0]), int(size[-1])
+        raise ValueError(f'pretrain_img_size must be an int or a tuple of 1 or 2 ints, got {size!r}')
+
     def set_pruning_ratios(self, pruning_ratios: Union[float, Sequence]) -> None:
         """Change the per-block ratios (same forms and checks as the constructor argument)."""
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
@@ -602,41 +637,43 @@ class SparseViTSwin(BaseModule):
                     param.requires_grad = False
 
     def init_weights(self) -> None:
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
-            if self.use_abs_pos_embed:
-                trunc_normal_(self.absolute_pos_embed, std=0.02)
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    trunc_normal_init(module, std=.02, bias=0.)
-                elif isinstance(module, nn.LayerNorm):
-                    constant_init(module, 1.0)
-                elif isinstance(module, WindowMSA):
-                    module.init_weights()
-            return
-        self.load_pretrained(self.init_cfg['checkpoint'])
+        """Swin's initialisation, then ``init_cfg``, by the rule of
+        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
+        init_backbone_weights(self, self._swin_init, self.load_pretrained)
 
-    def load_pretrained(self, checkpoint: str) -> _IncompatibleKeys:
-        """Load an mmdet/mmseg Swin checkpoint (or an official one with ``convert_weights``).
+    def _swin_init(self) -> None:
+        if self.use_abs_pos_embed:
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_init(module, std=.02, bias=0.)
+            elif isinstance(module, nn.LayerNorm):
+                constant_init(module, 1.0)
+            elif isinstance(module, WindowMSA):
+                module.init_weights()
 
-        Returns the missing and unexpected keys, which are also logged.
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
+                        allow_partial: bool = False) -> LoadReport:
+        """Load an mmdet/mmseg/mmdet3d Swin checkpoint, or the official release with ``convert_weights``.
+
+        The backbone's entries are those under ``prefix`` when given, else under
+        ``backbone.`` when the file has any. A checkpoint that leaves parameters unset,
+        has extra ones or other shapes raises ``CheckpointMismatchError`` unless
+        ``allow_partial``; output norms and the learned scorer may be absent.
         """
-        logger = MMLogger.get_current_instance()
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, logger=logger, map_location='cpu')
-        state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt))
+        loaded = read_checkpoint(checkpoint)
         if self.convert_weights:
             # Official Swin checkpoints name and order some weights differently; mmdet's converter knows how.
             from mmdet.models.backbones.swin import swin_converter
-            state_dict = swin_converter(state_dict)
-        state_dict = extract_backbone_state_dict(state_dict)
-        state_dict = self._resize_pretrained_tables(state_dict)
-        incompatible = self.load_state_dict(state_dict, strict=False)
-        if incompatible.missing_keys or incompatible.unexpected_keys:
-            logger.warning(f'{type(self).__name__} loaded {checkpoint} with missing keys '
-                           f'{incompatible.missing_keys} and unexpected keys {incompatible.unexpected_keys}')
-        return incompatible
+            loaded = swin_converter(backbone_state_dict(loaded, prefix))
+            prefix = None
+        state_dict = self.checkpoint_filter_fn(backbone_state_dict(loaded, prefix))
+        return load_checked(self, state_dict, checkpoint, optional=self._optional_keys(state_dict),
+                            allow_partial=allow_partial, hint=self._mismatch_hint(state_dict))
 
-    def _resize_pretrained_tables(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Bicubically resize relative-position tables and abs. position embeddings of another size."""
+    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
+        """A Swin backbone's weights -> this model's: classification leftovers dropped, tables resized."""
+        state_dict = OrderedDict((k, v) for k, v in state_dict.items() if not _CLASSIFICATION_KEY.search(k))
         own = self.state_dict()
         for key, value in list(state_dict.items()):
             if key not in own or own[key].shape == value.shape:
@@ -646,25 +683,40 @@ class SparseViTSwin(BaseModule):
                 table = value.T.reshape(1, -1, side, side)
                 table = F.interpolate(table, size=(new_side, new_side), mode='bicubic')
                 state_dict[key] = table.reshape(-1, new_side * new_side).T.contiguous()
-            elif key == 'absolute_pos_embed':
-                state_dict[key] = self._resample_pos_embed(value, self.pos_embed_shape)
+            elif key == 'absolute_pos_embed' and value.shape[-1] == own[key].shape[-1]:
+                side = round(value.shape[1]**0.5)
+                if side * side != value.shape[1]:
+                    raise ValueError(f'absolute_pos_embed of the checkpoint has {value.shape[1]} positions, which '
+                                     f'is no square grid: set pretrain_img_size to the checkpoint\'s image size')
+                state_dict[key] = resample_pos_embed(value, (side, side), self.pos_embed_shape)
         return state_dict
 
-    @staticmethod
-    def _resample_pos_embed(pos_embed: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
-        """``(1, L, C)`` embedding of a square grid -> ``(1, H*W, C)`` by bicubic resampling."""
-        side = int(pos_embed.shape[1]**0.5)
-        grid = pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=hw_shape, mode='bicubic', align_corners=False)
-        return grid.flatten(2).transpose(1, 2)
+    def _optional_keys(self, state_dict: StateDict) -> List[str]:
+        """Keys a checkpoint may lack: output norms (a classification checkpoint has none), the learned
+        scorer (a checkpoint of the L2 scorer) and the index buffers (fixed by the window size)."""
+        own = list(self.state_dict())
+        optional = [key for key in own if key.endswith('relative_position_index')]
+        for pattern in (r'^norm\d+\.', r'\.window_scorer\.'):
+            if not any(re.search(pattern, key) for key in state_dict):
+                optional += [key for key in own if re.search(pattern, key)]
+        return optional
+
+    def _mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+        if any(key.startswith('layers.') for key in state_dict) and not self.convert_weights:
+            return 'Its keys are the official Swin release\'s (layers.*): set convert_weights=True.'
+        depths = [1 + max((int(m[2]) for m in map(re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.').match,
+                                                   state_dict) if m and int(m[1]) == i), default=-1)
+                  for i in range(len(self.depths))]
+        if depths != list(self.depths) and all(depths):
+            return f'The checkpoint has {depths} blocks per stage, the model {list(self.depths)}: check arch/depths.'
+        return None
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         x, hw_shape = self.patch_embed(x)
         if self.use_abs_pos_embed:
             pos_embed = self.absolute_pos_embed
             if tuple(hw_shape) != self.pos_embed_shape:
-                pos_embed = self._resample_pos_embed(pos_embed.view(1, *self.pos_embed_shape, -1)
-                                                     .flatten(1, 2), tuple(hw_shape))
+                pos_embed = resample_pos_embed(pos_embed, self.pos_embed_shape, tuple(hw_shape))
             x = x + pos_embed
         x = self.drop_after_pos(x)
 
@@ -676,20 +728,28 @@ class SparseViTSwin(BaseModule):
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(out)
                 outs.append(out.view(-1, *out_hw_shape, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+        if not torch.compiler.is_compiling():
+            self._warn_on_empty_blocks(kept_windows, stage_shapes)
         # Kept for visualisation: per stage and block, the (B, k) windows that ran (None: all).
         self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
         return outs
 
+    def _warn_on_empty_blocks(self, kept_windows: List[List[Optional[torch.Tensor]]],
+                              stage_shapes: List[Tuple[int, int]]) -> None:
+        for stage, (kept_per_block, hw_shape) in enumerate(zip(kept_windows, stage_shapes)):
+            for block, kept in enumerate(kept_per_block):
+                if kept is not None and kept.shape[1] == 0:
+                    Hp, Wp = padded_shape(hw_shape, self.window_size)
+                    num_windows = (Hp // self.window_size) * (Wp // self.window_size)
+                    ratio = self.pruning_ratios[stage][block]
+                    warnings.warn(f'stage {stage} has {num_windows} window(s) at this input size, so block {block} '
+                                  f'at ratio {ratio:g} keeps floor({1 - ratio:g} x {num_windows}) = 0 of them and is '
+                                  f'skipped: lower that stage\'s ratios or use a larger input')
 
-def extract_backbone_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Backbone weights of a detector/segmentor checkpoint, or the checkpoint itself.
 
-    Strips a ``module.`` (DataParallel) prefix and, when present, keeps only the
-    ``backbone.`` entries with that prefix removed.
-    """
-    state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                             for k, v in state_dict.items())
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items()
-                                 if k.startswith('backbone.'))
-    return state_dict
+def resample_pos_embed(pos_embed: torch.Tensor, source_hw: Tuple[int, int],
+                       target_hw: Tuple[int, int]) -> torch.Tensor:
+    """``(1, h*w, C)`` absolute position embedding of a ``source_hw`` grid, resampled bicubically to ``target_hw``."""
+    grid = pos_embed.reshape(1, *source_hw, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=target_hw, mode='bicubic', align_corners=False)
+    return grid.flatten(2).transpose(1, 2)

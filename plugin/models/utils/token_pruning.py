@@ -1,4 +1,6 @@
-"""DynamicViT's prediction module and keep-ratio loss, shared by DynamicViT and SparseViTSwin's learned scorer."""
+"""DynamicViT's prediction module and keep-ratio loss, shared by DynamicViT and SparseViTSwin's learned scorer,
+and the nested training decisions of the learned window scorer."""
+import math
 from typing import Sequence
 
 import torch
@@ -43,3 +45,27 @@ def keep_ratio_loss(kept_fractions: Sequence[torch.Tensor], targets: Sequence[fl
         raise ValueError(f'keep_ratio_loss needs one kept-fraction tensor per target, got '
                          f'{len(kept_fractions)} tensors for {len(targets)} targets')
     return torch.stack([((fraction - target)**2).mean() for fraction, target in zip(kept_fractions, targets)]).mean()
+
+
+def sample_logistic_noise(scores: torch.Tensor) -> torch.Tensor:
+    """Logistic noise shaped like ``scores``: the difference of the two Gumbel samples that a
+    two-class hard Gumbel-Softmax adds to (keep, drop) logits."""
+    uniform = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
+    return uniform.log() - torch.log1p(-uniform)
+
+
+def nested_keep_decisions(scores: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """Hard keep decisions ``(B, n)``, straight-through: keep where ``scores + logit(keep_fraction) > 0``.
+
+    ``scores`` are one ranking's perturbed keep log-odds (predictor + noise), shared by the
+    blocks of a stage: a block keeps a prefix of that ranking, a smaller ``keep_fraction``
+    a shorter one, so a window a block drops stays dropped. With log-odds near 0 the
+    expected kept fraction is ``keep_fraction``; the keep-ratio loss holds it there. The
+    gradient is that of ``sigmoid(scores + logit(keep_fraction))``, as hard Gumbel-Softmax.
+    """
+    if not 0 < keep_fraction < 1:
+        raise ValueError(f'keep_fraction must lie in (0, 1), got {keep_fraction}')
+    logits = scores + math.log(keep_fraction / (1 - keep_fraction))
+    soft = torch.sigmoid(logits)
+    # Parenthesised so that the forward value is exactly 0 or 1.
+    return (logits > 0).to(soft.dtype) + (soft - soft.detach())

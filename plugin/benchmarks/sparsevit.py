@@ -6,19 +6,16 @@ limit that the MACs promise). Modes: ``eager``; ``graph`` replays a captured CUD
 graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``.
 """
 import argparse
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Union
 
 import torch
 
-from plugin.models.backbones import SparseViTSwin
-from plugin.utils import capture_cuda_graph, count_macs, median_latency_ms
+from ..models.backbones import SparseViTSwin
+from ..models.utils.sparsity import PruningRatios, paper_pruning_ratios
+from ..utils import capture_cuda_graph, count_macs, median_latency_ms
+from ..utils.references import mmdet_swin_transformer
 
-PAPER_CONFIGS = {
-    'paper cfg1': [[0.3, 0.3], [0., 0.], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0., 0.]],
-    'paper cfg2': [[0.6, 0.6], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
-    'paper cfg3': [[0.7, 0.7], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
-}
+PAPER_NAMES = ('cfg1', 'cfg2', 'cfg3')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -28,53 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='batch sizes (default: 1 4 on CPU, 1 4 16 on GPU)')
     parser.add_argument('--dtypes', nargs='+', choices=sorted(DTYPES), default=['fp32'])
     parser.add_argument('--modes', nargs='+', choices=['eager', 'graph', 'compile'], default=['eager'])
-    parser.add_argument('--ratios', nargs='+', default=['0', '0.3', '0.6', '0.8', *PAPER_CONFIGS],
-                        help='uniform ratios and/or names of the paper configurations')
-    parser.add_argument('--learned-ratios', nargs='*', default=['0.6', 'paper cfg2'],
+    parser.add_argument('--ratios', nargs='+', type=ratio_setting, default=['0', '0.3', '0.6', '0.8', *PAPER_NAMES],
+                        help=f'uniform ratios in [0, 1) and/or the paper\'s searched configurations {PAPER_NAMES}')
+    parser.add_argument('--learned-ratios', nargs='*', type=ratio_setting, default=['0.6', 'cfg2'],
                         help="the same, for rows with scorer='learned' (the predictor's cost included)")
-
-
-def _load_mmdet_swin_without_ops() -> type:
-    """mmdet's ``SwinTransformer`` where mmcv has no compiled ops (mmcv-lite).
-
-    ``mmdet.models`` imports modules that need ``mmcv.ops``; Swin itself needs
-    only ``backbones/swin.py`` and the patch layers of ``layers/transformer/utils.py``,
-    so those two source files are loaded on their own.
-    """
-    import importlib.util
-    import sys
-    import types
-
-    import mmdet
-
-    package_dir = Path(mmdet.__file__).parent / 'models'
-
-    def load(module_name: str, path: Path) -> types.ModuleType:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    for name in ('mmdet.models', 'mmdet.models.backbones'):
-        package = types.ModuleType(name)
-        package.__path__ = []
-        sys.modules.setdefault(name, package)
-    sys.modules['mmdet.models.layers'] = load('mmdet.models.layers', package_dir / 'layers/transformer/utils.py')
-    return load('mmdet.models.backbones.swin', package_dir / 'backbones/swin.py').SwinTransformer
-
-
-def dense_reference() -> Tuple[str, Optional[torch.nn.Module]]:
-    try:
-        from mmdet.models.backbones import SwinTransformer
-    except ImportError as error:
-        try:
-            SwinTransformer = _load_mmdet_swin_without_ops()
-            print(f'mmdet.models failed to import ({error}); loaded mmdet\'s swin.py on its own')
-        except ImportError:
-            print('mmdet is not installed: the dense reference is SparseViTSwin at ratio 0')
-            return 'SparseViTSwin ratio 0 (dense)', None
-    return "mmdet SwinTransformer (dense)", SwinTransformer(drop_path_rate=0.)
 
 
 def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
@@ -103,28 +57,44 @@ def make_runner(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[
     return graph.replay
 
 
-def variant_name(name: str) -> str:
-    return name if name in PAPER_CONFIGS else f'uniform {name}'
+def ratio_setting(text: str) -> str:
+    """A ``--ratios`` entry: a uniform ratio in [0, 1) or a name of the paper's configurations."""
+    if text in PAPER_NAMES:
+        return text
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = None
+    if ratio is None or not 0 <= ratio < 1:
+        raise argparse.ArgumentTypeError(f'a ratio setting is a uniform ratio in [0, 1) or one of the paper\'s '
+                                         f'configurations {PAPER_NAMES}, got {text!r}')
+    return text
 
 
-def parse_ratios(name: str):
-    return PAPER_CONFIGS[name] if name in PAPER_CONFIGS else float(name)
+def variant_name(setting: str) -> str:
+    return f'paper {setting}' if setting in PAPER_NAMES else f'uniform {setting}'
+
+
+def resolve_ratios(setting: str) -> Union[float, PruningRatios]:
+    return paper_pruning_ratios()[setting] if setting in PAPER_NAMES else float(setting)
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     device = args.device
     batches = args.batches or ([1, 4, 16] if device.type == 'cuda' else [1, 4])
-    reference_name, reference = dense_reference()
+    reference_name, reference = mmdet_swin_transformer(drop_path_rate=0.)
+    if reference is None:
+        print(f'{reference_name}: the dense reference is SparseViTSwin at ratio 0')
     ours = SparseViTSwin(drop_path_rate=0.)
     if reference is not None:
         ours.load_state_dict(reference.state_dict())
     variants = [(reference_name, reference, None)] if reference is not None else []
-    variants += [(f'SparseViTSwin {variant_name(name)}', ours, parse_ratios(name)) for name in args.ratios]
+    variants += [(f'SparseViTSwin {variant_name(name)}', ours, resolve_ratios(name)) for name in args.ratios]
     if args.learned_ratios:
         # Random predictor weights: its cost, not its choices, is what the timing measures.
         learned = SparseViTSwin(drop_path_rate=0., scorer='learned')
         learned.load_state_dict(ours.state_dict(), strict=False)
-        variants += [(f'SparseViTSwin learned scorer {variant_name(name)}', learned, parse_ratios(name))
+        variants += [(f'SparseViTSwin learned scorer {variant_name(name)}', learned, resolve_ratios(name))
                      for name in args.learned_ratios]
 
     image = torch.randn(1, 3, *args.size)

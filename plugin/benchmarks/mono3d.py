@@ -15,8 +15,9 @@ from typing import Dict, List
 
 import torch
 
-from plugin.utils import count_macs, median_latency_ms
+from ..utils import count_macs, median_latency_ms
 
+# The repository's configs, next to the package in a clone (the configs are not installed with it).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'mono3d'
 
 

@@ -14,16 +14,9 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from plugin.models.backbones import DynamicViT
-from plugin.utils import count_macs, median_latency_ms
-
-
-def image_size(text: str) -> Tuple[int, int]:
-    try:
-        height, width = (int(side) for side in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'sizes are HxW with integer sides, e.g. 800x1216, got {text!r}')
-    return height, width
+from ..models.backbones import DynamicViT
+from ..utils import count_macs, median_latency_ms
+from ..utils.cli import image_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

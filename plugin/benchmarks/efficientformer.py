@@ -20,23 +20,18 @@ import timm
 import torch
 import torch.nn as nn
 
-from plugin.models.backbones import EfficientFormer, EfficientFormerV2
-from plugin.models.backbones.efficientformer_convert import (convert_efficientformer_keys,
-                                                             convert_efficientformerv2_keys)
-from plugin.utils import count_macs, median_latency_ms
+from ..models.backbones import EfficientFormer, EfficientFormerV2
+from ..models.backbones.efficientformer_convert import convert_efficientformer_keys, convert_efficientformerv2_keys
+from ..utils import count_macs, median_latency_ms
+from ..utils.cli import image_size
 
 ARCHS = ['l1', 'l3', 'l7', 's0', 's1', 's2', 'l']
 V2_ARCHS = {'s0', 's1', 's2', 'l'}
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    height, _, width = text.partition('x')
-    return int(height), int(width or height)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--archs', nargs='+', choices=ARCHS, default=ARCHS)
-    parser.add_argument('--sizes', nargs='+', type=parse_size, default=[(224, 224), (512, 512), (800, 1216)],
+    parser.add_argument('--sizes', nargs='+', type=image_size, default=[(224, 224), (512, 512), (800, 1216)],
                         metavar='HxW', help='input sizes (default: 224x224 512x512 800x1216)')
     parser.add_argument('--no-references', action='store_true', help='skip mmdet ResNet-50 and Swin-T')
     parser.add_argument('--fused', action='store_true', help='also time our backbones after fuse() (Conv-BN folded)')

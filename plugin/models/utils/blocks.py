@@ -1,0 +1,15 @@
+"""Running a block with optional gradient checkpointing, the one way every backbone does it."""
+from typing import Any
+
+import torch
+import torch.utils.checkpoint as cp
+
+
+def run_block(block: Any, x: torch.Tensor, *args: Any, with_cp: bool = False) -> torch.Tensor:
+    """``block(x, *args)``, through non-reentrant gradient checkpointing when ``with_cp`` and ``x`` needs grad.
+
+    Non-reentrant checkpointing works under DDP (no "marked ready twice") and with inputs that need no gradient.
+    """
+    if with_cp and x.requires_grad:
+        return cp.checkpoint(block, x, *args, use_reentrant=False)
+    return block(x, *args)

@@ -1,0 +1,57 @@
+"""Argument types and the help format shared by the command-line tools."""
+import argparse
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each option's default and keeps the tool's docstring as written."""
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    """``'HxW'`` (or ``'N'`` for a square) -> ``(H, W)``, for ``type=`` of an argparse option."""
+    try:
+        sides = tuple(int(side) for side in text.lower().split('x'))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f'an image size is HxW with positive integer sides (e.g. 800x1216) or '
+                                         f'one side for a square, got {text!r}')
+    return (sides[0], sides[-1])
+
+
+def pruning_ratios(text: str, named: Optional[Callable[[], Dict[str, list]]] = None) -> Union[float, list]:
+    """Pruning ratios from the command line: a float, JSON with one entry per stage, or a name of ``named()``
+    (called only for a name, e.g. ``plugin.models.utils.sparsity.paper_pruning_ratios``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        names = named() if named else {}
+        if text in names:
+            return names[text]
+        listed = f', or one of {sorted(names)}' if names else ''
+        raise argparse.ArgumentTypeError(
+            f'pruning ratios must be JSON, a float or a list with one float or list of per-block ratios per '
+            f'stage, e.g. 0.5 or [[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]]{listed}; got {text!r} ({error})')
+
+
+# What a user's input can cause: the tools report these as one line, not a traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, pickle.UnpicklingError)
+
+
+def run_tool(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a tool's ``main(argv)``; a bad input ends it with ``error: <message>`` and exit status 2, as
+    argparse does (``EFFIDENSE_TRACEBACK=1`` shows the traceback instead)."""
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        if os.environ.get('EFFIDENSE_TRACEBACK'):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f'{Path(sys.argv[0]).name}: error: {message}', file=sys.stderr)
+        return 2
+    return 0

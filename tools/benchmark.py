@@ -22,8 +22,9 @@ from plugin.utils.cli import HelpFormatter
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument('suite', choices=SUITES)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('suite', choices=SUITES, help='which benchmark to run')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='where to run (the GPU when there is one)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed calls first')
     parser.add_argument('--repeats', type=int, default=10, help='timed runs; the median is reported')
     suite_name = next((a for a in sys.argv[1:] if not a.startswith('-')), None)

@@ -39,17 +39,18 @@ def stage_widths(text: str) -> List[int]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--config', help='a supernet config: its model.backbone gives widths, depths, num_vit')
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), required=True)
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), required=True,
+                        help='image size the sub-networks will run at')
     parser.add_argument('--out', required=True, help='the JSON lookup table to write')
     parser.add_argument('--widths', type=stage_widths, nargs='+', metavar='W1,W2,...',
                         default=[[32, 40, 48], [64, 80, 96], [160, 192, 224], [320, 384, 448]],
                         help='candidate widths per stage (default: the L1 supernet)')
     parser.add_argument('--depths', type=int, nargs='+', default=[3, 2, 6, 4], help='MetaPaths per stage')
     parser.add_argument('--num-vit', type=int, default=2, help='3D MetaPaths at the end of the last stage')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='the device the table is for')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads); default: torch\'s')
-    parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=5, help='untimed calls per entry')
+    parser.add_argument('--repeats', type=int, default=20, help='timed calls per entry; the median is kept')
     return parser.parse_args(argv)
 
 

@@ -38,10 +38,12 @@ def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(672, 672), (333, 517)], metavar='HxW')
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--atol', type=float, default=1e-5)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='where to compare (the GPU when there is one)')
+    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(672, 672), (333, 517)], metavar='HxW',
+                        help='input sizes')
+    parser.add_argument('--batch', type=int, default=2, help='images per input')
+    parser.add_argument('--atol', type=float, default=1e-5, help='largest difference accepted')
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -35,6 +35,10 @@ from plugin.utils.cli import HelpFormatter
 FAMILIES = {'efficientformer': (EfficientFormer, V1_ARCHS), 'efficientformerv2': (EfficientFormerV2, V2_ARCHS)}
 
 
+def backbone_class_name(model: str) -> str:
+    return FAMILIES[model][0].__name__
+
+
 def convert(state_dict: StateDict, model: str) -> OrderedDict:
     """Converted weights: the backbone's part of a whole-model checkpoint, or all of a backbone one."""
     convert_keys = KEY_CONVERTERS[model]
@@ -51,20 +55,24 @@ def fitting_architecture(backbone: StateDict, model: str, source: str) -> str:
     with the nearest one's listing."""
     backbone_class, archs = FAMILIES[model]
     failures = []
+    # The authors' dense tables are laid out for 800 (detection) or 512 (segmentation) pixels.
+    settings = [dict(bias_mode='official_dense', dense_img_size=800), dict(bias_mode='official_dense',
+                dense_img_size=512), dict(bias_mode='geometric')]
     for arch in archs:
-        for bias_mode in ('official_dense', 'geometric'):
-            candidate = backbone_class(arch=arch, bias_mode=bias_mode)
+        for setting in settings:
+            candidate = backbone_class(arch=arch, **setting)
             optional = [key for key in candidate.state_dict() if key.startswith('norm')
                         or key.endswith('attention_biases_seg')]
+            described = ', '.join(f'{k}={v!r}' for k, v in dict(arch=arch, **setting).items())
             try:
                 load_checked(candidate, candidate.checkpoint_filter_fn(backbone), source, optional=optional)
-                return f'{arch} (bias_mode={bias_mode!r})'
+                return described
             except CheckpointMismatchError as error:
-                failures.append((error.num_differences, arch, bias_mode, error))
-    _, arch, bias_mode, nearest = min(failures, key=lambda failure: failure[0])
+                failures.append((error.num_differences, described, error))
+    _, described, nearest = min(failures, key=lambda failure: failure[0])
     raise CheckpointMismatchError(f'the converted weights fit no {backbone_class.__name__} architecture '
-                                  f'({", ".join(archs)}); is it a {model} checkpoint? Nearest, {arch} with '
-                                  f'bias_mode={bias_mode!r}:\n{nearest}')
+                                  f'({", ".join(archs)}): check --model ({" or ".join(FAMILIES)}). The nearest '
+                                  f'is {described}:\n{nearest}')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -87,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.save({'state_dict': converted}, args.dst)
     print(f'{args.src}: {len(source)} entries -> {args.dst}: {len(converted)} entries '
           f'({len(source) - len(converted)} dropped: heads, classification norm, index buffers); '
-          f'fits {args.model} {arch}')
+          f'fits {backbone_class_name(args.model)}({arch})')
     return 0
 
 

@@ -35,7 +35,7 @@ from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files or package::path')
-    parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'))
+    parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'), help='input size')
     parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
                         default=None, help='ratios for every SparseViT backbone instead of its config\'s: '
                         'JSON, e.g. 0.5 or [[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]], or cfg1/cfg2/cfg3 '
@@ -43,8 +43,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--checkpoint', default=None, help='weights for every config (default: random)')
     parser.add_argument('--latency', action='store_true', help='also time backbone and model')
     parser.add_argument('--batch', type=int, default=1, help='batch size of the latency measurement')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='where latency is measured (MACs are counted on the CPU)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed calls first')
     parser.add_argument('--repeats', type=int, default=10, help='timed runs; the median is reported')
     return parser.parse_args(argv)
 

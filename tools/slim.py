@@ -26,11 +26,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('checkpoint', help="the trained supernet's checkpoint, or 'none'")
     parser.add_argument('--lut', required=True, help='table from tools/build_latency_lut.py')
-    parser.add_argument('--budget-ms', type=float, required=True)
+    parser.add_argument('--budget-ms', type=float, required=True, help='latency budget of the slimmed network')
     parser.add_argument('--out', required=True, help='config fragment to write')
     parser.add_argument('--device', default='cpu', help='where to measure the final network')
-    parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=5, help='untimed calls before measuring the final network')
+    parser.add_argument('--repeats', type=int, default=20, help='timed calls; the median is reported')
     return parser.parse_args(argv)
 
 

@@ -30,14 +30,14 @@ PURPOSE = 'tools/visualize_windows.py'
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument('config')
+    parser.add_argument('config', help='an mmdet or mmseg config with a SparseViTSwin backbone')
     parser.add_argument('checkpoint', help='a path or URL')
-    parser.add_argument('image')
+    parser.add_argument('image', help='the image to draw on')
     parser.add_argument('--out', required=True, help='PNG file to write')
     parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
                         default=None, help="ratios instead of the config's: JSON, e.g. [0.5,0.5,0.5,0] or "
                         '[[0.6,0.6],[0,0],[0.2,0.2,0.4,0.4,0.5,0.5],[0,0]], or cfg1/cfg2/cfg3 (the paper\'s)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='where to run')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
 

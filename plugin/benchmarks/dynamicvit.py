@@ -20,10 +20,12 @@ from ..utils.cli import image_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--arch', choices=['deit-s', 'deit-b'], default='deit-s')
-    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(512, 512), (800, 1216)], metavar='HxW')
-    parser.add_argument('--keep-ratios', type=float, nargs='+', default=[0.7, 0.5], metavar='RHO')
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--arch', choices=['deit-s', 'deit-b'], default='deit-s', help='the ViT')
+    parser.add_argument('--sizes', type=image_size, nargs='+', default=[(512, 512), (800, 1216)], metavar='HxW',
+                        help='input sizes')
+    parser.add_argument('--keep-ratios', type=float, nargs='+', default=[0.7, 0.5], metavar='RHO',
+                        help='keep ratios rho, one DynamicViT row each')
+    parser.add_argument('--batch', type=int, default=1, help='images per call')
 
 
 def build_variants(arch: str, keep_ratios: List[float]) -> List[Tuple[str, float, DynamicViT]]:

@@ -30,9 +30,10 @@ V2_ARCHS = {'s0', 's1', 's2', 'l'}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--archs', nargs='+', choices=ARCHS, default=ARCHS)
+    parser.add_argument('--archs', nargs='+', choices=ARCHS, default=ARCHS,
+                        help='EfficientFormer (l1, l3, l7) and V2 (s0, s1, s2, l) archs')
     parser.add_argument('--sizes', nargs='+', type=image_size, default=[(224, 224), (512, 512), (800, 1216)],
-                        metavar='HxW', help='input sizes (default: 224x224 512x512 800x1216)')
+                        metavar='HxW', help='input sizes')
     parser.add_argument('--no-references', action='store_true', help='skip mmdet ResNet-50 and Swin-T')
     parser.add_argument('--fused', action='store_true', help='also time our backbones after fuse() (Conv-BN folded)')
 

@@ -9,7 +9,16 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each option's default and keeps the tool's docstring as written."""
+    """``--help`` shows each option's default and keeps the tool's docstring as written.
+
+    Options whose help already says what the default means, or whose default is None or False, show no
+    ``(default: ...)`` of argparse's.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if '(default' in (action.help or '') or action.default in (None, False):
+            return action.help or ''
+        return super()._get_help_string(action)
 
 
 def image_size(text: str) -> Tuple[int, int]:

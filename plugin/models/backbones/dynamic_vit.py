@@ -32,15 +32,8 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, checkpoint_filter_fn
 
 from ..utils.arch import resolve_arch
-from ..utils.blocks import run_block
-from ..utils.checkpoint import (
-    LoadReport,
-    StateDict,
-    backbone_state_dict,
-    init_backbone_weights,
-    load_checked,
-    read_checkpoint,
-)
+from ..utils.blocks import freeze, run_block
+from ..utils.checkpoint import PretrainedInitMixin, StateDict
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
 
 ARCH_SETTINGS = {
@@ -144,7 +137,7 @@ def _scatter_tokens(grid: torch.Tensor, index: torch.Tensor, tokens: torch.Tenso
 
 
 @MODELS.register_module()
-class DynamicViT(BaseModule):
+class DynamicViT(PretrainedInitMixin, BaseModule):
     """ViT/DeiT backbone with DynamicViT token pruning and a simple feature pyramid.
 
     Args:
@@ -169,6 +162,9 @@ class DynamicViT(BaseModule):
             predictors in front of them (and the final norm when all blocks are).
         with_cp (bool): Gradient checkpointing of every block.
     """
+
+    # ViT checkpoints have no predictors and no pyramid: those then stay at their initialisation.
+    optional_key_groups = (r'^score_predictor\.', r'^pyramid\.')
 
     def __init__(self,
                  arch: Optional[str] = None,
@@ -274,17 +270,10 @@ class DynamicViT(BaseModule):
                    if loc < self.frozen_stages]
         if self.frozen_stages == self.depth:
             frozen.append(self.norm)
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze(frozen)
 
-    def init_weights(self) -> None:
-        """timm's ViT initialisation, then ``init_cfg``, by the rule of
-        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
-        init_backbone_weights(self, self._vit_init, self.load_pretrained)
-
-    def _vit_init(self) -> None:
+    def default_init(self) -> None:
+        """timm's ViT initialisation; ``init_weights`` then applies ``init_cfg`` (``PretrainedInitMixin``)."""
         trunc_normal_(self.pos_embed, std=.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
@@ -292,18 +281,6 @@ class DynamicViT(BaseModule):
                 trunc_normal_init(module, std=.02, bias=0.)
             elif isinstance(module, nn.LayerNorm):
                 constant_init(module, 1.)
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        allow_partial: bool = False) -> LoadReport:
-        """Load a timm / DeiT / DynamicViT checkpoint (path or URL, or under ``prefix`` of a whole model's).
-
-        Predictors and the pyramid are absent from ViT checkpoints and keep their
-        initialisation; anything else that does not fit raises ``CheckpointMismatchError``.
-        """
-        state_dict = self.checkpoint_filter_fn(backbone_state_dict(read_checkpoint(checkpoint), prefix))
-        optional = [key for key in self.state_dict() if key.startswith(('score_predictor.', 'pyramid.'))
-                    and not any(k.startswith(key.split('.', 1)[0] + '.') for k in state_dict)]
-        return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial)
 
     def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
         """A timm / DeiT / DynamicViT classification state dict -> ours: timm's ``checkpoint_filter_fn``

@@ -22,7 +22,6 @@ needs what timm's and the authors' classification modules lack:
   checkpoint loading that converts the authors', timm's and mmpretrain's keys.
 """
 import math
-import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
@@ -46,15 +45,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..utils.arch import resolve_arch
-from ..utils.blocks import run_block
-from ..utils.checkpoint import (
-    LoadReport,
-    StateDict,
-    backbone_state_dict,
-    init_backbone_weights,
-    load_checked,
-    read_checkpoint,
-)
+from ..utils.blocks import freeze, run_block
+from ..utils.checkpoint import PretrainedInitMixin, StateDict
 from .efficientformer_convert import convert_efficientformer_keys
 
 BIAS_MODES = ('official_dense', 'geometric')
@@ -254,7 +246,7 @@ def last_stage_table_side(img_size: int, num_stages: int) -> int:
     return math.ceil(img_size / 2**(num_stages + 1))
 
 
-class EfficientFormerBase(BaseModule):
+class EfficientFormerBase(PretrainedInitMixin, BaseModule):
     """What the EfficientFormer backbones share: four stages with optional output
     norms, freezing, ``norm_eval``, checkpoint loading and Conv-BN folding.
 
@@ -263,6 +255,9 @@ class EfficientFormerBase(BaseModule):
     ``fusable_pairs`` (module type -> its (conv, BatchNorm) attribute pairs) are
     EfficientFormer's; a subclass built from other modules overrides them.
     """
+    # A classification checkpoint has no output norms and, for 'official_dense', no dense bias tables: both
+    # then stay at their initialisation (the tables at zero, as the authors start them).
+    optional_key_groups = (r'^norm\d+\.', r'\.attention_biases_seg$')
     convert_keys: Callable[[StateDict], StateDict] = staticmethod(convert_efficientformer_keys)
     fusable_pairs: Dict[Type[nn.Module], Tuple[Tuple[str, str], ...]] = {
         Stem4: (('conv1', 'norm1'), ('conv2', 'norm2')),
@@ -322,43 +317,14 @@ class EfficientFormerBase(BaseModule):
             frozen.append(self.stages[i])
             if i in self.out_indices:
                 frozen.append(getattr(self, f'norm{i}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze(frozen)
 
-    def init_weights(self) -> None:
-        """timm's initialisation, then ``init_cfg``, by the rule of
-        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
-        init_backbone_weights(self, self._timm_init, self.load_pretrained)
-
-    def _timm_init(self) -> None:
-        # timm's classification init; conv layers keep PyTorch's default.
+    def default_init(self) -> None:
+        """timm's classification initialisation (conv layers keep PyTorch's default); ``init_weights`` then
+        applies ``init_cfg`` (``PretrainedInitMixin``)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_init(module, std=.02, bias=0.)
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        allow_partial: bool = False) -> LoadReport:
-        """Load a classification or dense-prediction checkpoint in any published layout.
-
-        The backbone's entries are those under ``prefix`` when given, else under
-        ``backbone.`` when the file has any. A classification checkpoint leaves the
-        output norms at their init and, in 'official_dense' mode, the
-        ``attention_biases_seg`` tables at zero (as the authors do); its own tables
-        are used in 'geometric' mode. Anything else that does not fit raises
-        ``CheckpointMismatchError`` naming the keys, unless ``allow_partial``.
-        """
-        state_dict = self.checkpoint_filter_fn(backbone_state_dict(read_checkpoint(checkpoint), prefix))
-        own = self.state_dict()
-        optional = set()
-        if not any(re.match(r'norm\d+\.', key) for key in state_dict):
-            optional |= {key for key in own if re.match(r'norm\d+\.', key)}
-        if self.bias_mode == 'official_dense' and not any(k.endswith('.attention_biases_seg') for k in state_dict):
-            optional |= {key for key in own if key.endswith('.attention_biases_seg')}
-        return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial,
-                            hint=self._mismatch_hint(state_dict, own),
-                            target=f'{type(self).__name__}(bias_mode={self.bias_mode!r})')
 
     def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
         """Published keys -> ours; in 'official_dense' mode without the classification bias tables,
@@ -368,12 +334,16 @@ class EfficientFormerBase(BaseModule):
             state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attention_biases')}
         return state_dict
 
-    def _mismatch_hint(self, state_dict: StateDict, own: StateDict) -> Optional[str]:
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+        own = self.state_dict()
         if self.bias_mode == 'geometric' and any(k.endswith('attention_biases_seg') for k in state_dict):
             return "It is a dense-prediction checkpoint of the authors' backbone: use bias_mode='official_dense'."
         if any(key in own and value.shape != own[key].shape for key, value in state_dict.items()):
             return 'Check arch and the bias table sizes (pretrain_img_size, dense_img_size).'
         return None
+
+    def checkpoint_target(self) -> str:
+        return f'{type(self).__name__}(bias_mode={self.bias_mode!r})'
 
     def fuse(self) -> 'EfficientFormerBase':
         """Fold every BatchNorm into the conv before it, for deployment (eval mode only)."""

@@ -32,15 +32,8 @@ from mmengine.registry import MODELS
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils.arch import resolve_arch
-from ..utils.blocks import run_block
-from ..utils.checkpoint import (
-    LoadReport,
-    StateDict,
-    backbone_state_dict,
-    init_backbone_weights,
-    load_checked,
-    read_checkpoint,
-)
+from ..utils.blocks import freeze, run_block
+from ..utils.checkpoint import PretrainedInitMixin, StateDict, select_prefix
 from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss, nested_keep_decisions, sample_logistic_noise
 from ..utils.window_ops import (
@@ -450,7 +443,7 @@ class SparseSwinBlockSequence(BaseModule):
 
 
 @MODELS.register_module()
-class SparseViTSwin(BaseModule):
+class SparseViTSwin(PretrainedInitMixin, BaseModule):
     """Swin Transformer with SparseViT window pruning, a drop-in for mmdet's ``SwinTransformer``.
 
     Args:
@@ -476,6 +469,10 @@ class SparseViTSwin(BaseModule):
             :mod:`plugin.models.utils.checkpoint`).
         The other arguments are those of mmdet's ``SwinTransformer``.
     """
+
+    # A checkpoint may lack these groups (a classification one has no output norms, an L2-scorer one no
+    # learned scorer; the index buffers follow from the window size): they stay at their initialisation.
+    optional_key_groups = (r'^norm\d+\.', r'\.window_scorer\.', r'relative_position_index$')
 
     def __init__(self,
                  pretrain_img_size: Union[int, Tuple[int, int]] = 224,
@@ -628,20 +625,10 @@ class SparseViTSwin(BaseModule):
                 self.absolute_pos_embed.requires_grad = False
             self.drop_after_pos.eval()
         for i in range(1, self.frozen_stages + 1):
-            frozen = [self.stages[i - 1]]
-            if (i - 1) in self.out_indices:
-                frozen.append(getattr(self, f'norm{i - 1}'))
-            for module in frozen:
-                module.eval()
-                for param in module.parameters():
-                    param.requires_grad = False
+            freeze([self.stages[i - 1]] + ([getattr(self, f'norm{i - 1}')] if (i - 1) in self.out_indices else []))
 
-    def init_weights(self) -> None:
-        """Swin's initialisation, then ``init_cfg``, by the rule of
-        :func:`plugin.models.utils.checkpoint.init_backbone_weights`."""
-        init_backbone_weights(self, self._swin_init, self.load_pretrained)
-
-    def _swin_init(self) -> None:
+    def default_init(self) -> None:
+        """Swin's initialisation; ``init_weights`` then applies ``init_cfg`` (``PretrainedInitMixin``)."""
         if self.use_abs_pos_embed:
             trunc_normal_(self.absolute_pos_embed, std=0.02)
         for module in self.modules():
@@ -652,27 +639,13 @@ class SparseViTSwin(BaseModule):
             elif isinstance(module, WindowMSA):
                 module.init_weights()
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        allow_partial: bool = False) -> LoadReport:
-        """Load an mmdet/mmseg/mmdet3d Swin checkpoint, or the official release with ``convert_weights``.
-
-        The backbone's entries are those under ``prefix`` when given, else under
-        ``backbone.`` when the file has any. A checkpoint that leaves parameters unset,
-        has extra ones or other shapes raises ``CheckpointMismatchError`` unless
-        ``allow_partial``; output norms and the learned scorer may be absent.
-        """
-        loaded = read_checkpoint(checkpoint)
+    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
+        """A Swin backbone's weights (the official release's with ``convert_weights``) -> this model's:
+        classification leftovers dropped, position tables resized."""
         if self.convert_weights:
             # Official Swin checkpoints name and order some weights differently; mmdet's converter knows how.
             from mmdet.models.backbones.swin import swin_converter
-            loaded = swin_converter(backbone_state_dict(loaded, prefix))
-            prefix = None
-        state_dict = self.checkpoint_filter_fn(backbone_state_dict(loaded, prefix))
-        return load_checked(self, state_dict, checkpoint, optional=self._optional_keys(state_dict),
-                            allow_partial=allow_partial, hint=self._mismatch_hint(state_dict))
-
-    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
-        """A Swin backbone's weights -> this model's: classification leftovers dropped, tables resized."""
+            state_dict = select_prefix(swin_converter(state_dict), 'backbone.')
         state_dict = OrderedDict((k, v) for k, v in state_dict.items() if not _CLASSIFICATION_KEY.search(k))
         own = self.state_dict()
         for key, value in list(state_dict.items()):
@@ -691,17 +664,7 @@ class SparseViTSwin(BaseModule):
                 state_dict[key] = resample_pos_embed(value, (side, side), self.pos_embed_shape)
         return state_dict
 
-    def _optional_keys(self, state_dict: StateDict) -> List[str]:
-        """Keys a checkpoint may lack: output norms (a classification checkpoint has none), the learned
-        scorer (a checkpoint of the L2 scorer) and the index buffers (fixed by the window size)."""
-        own = list(self.state_dict())
-        optional = [key for key in own if key.endswith('relative_position_index')]
-        for pattern in (r'^norm\d+\.', r'\.window_scorer\.'):
-            if not any(re.search(pattern, key) for key in state_dict):
-                optional += [key for key in own if re.search(pattern, key)]
-        return optional
-
-    def _mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
         if any(key.startswith('layers.') for key in state_dict) and not self.convert_weights:
             return 'Its keys are the official Swin release\'s (layers.*): set convert_weights=True.'
         depths = [1 + max((int(m[2]) for m in map(re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.').match,

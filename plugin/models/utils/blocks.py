@@ -1,7 +1,8 @@
-"""Running a block with optional gradient checkpointing, the one way every backbone does it."""
-from typing import Any
+"""Running a block with optional gradient checkpointing, and freezing parts: the one way every backbone does it."""
+from typing import Any, Iterable
 
 import torch
+import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 
@@ -13,3 +14,11 @@ def run_block(block: Any, x: torch.Tensor, *args: Any, with_cp: bool = False) ->
     if with_cp and x.requires_grad:
         return cp.checkpoint(block, x, *args, use_reentrant=False)
     return block(x, *args)
+
+
+def freeze(modules: Iterable[nn.Module]) -> None:
+    """Eval mode and no gradients for ``modules`` (``frozen_stages``)."""
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad = False

@@ -17,10 +17,11 @@ not have, a predictor a dense checkpoint lacks) stay at their initialisation.
 Initialisation (:func:`init_backbone_weights`): the one rule of every backbone.
 """
 import pickle
+import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Union
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -227,3 +228,42 @@ def init_backbone_weights(module: nn.Module, default_init: Callable[[], None],
     if others:
         initialize(module, others)
     module._is_init = True
+
+
+def absent_groups(own: StateDict, state_dict: StateDict, patterns: Sequence[str]) -> List[str]:
+    """The keys of ``own`` in every group (a key regex) of which ``state_dict`` holds no key."""
+    absent = [pattern for pattern in patterns if not any(re.search(pattern, key) for key in state_dict)]
+    return [key for key in own if any(re.search(pattern, key) for pattern in absent)]
+
+
+class PretrainedInitMixin:
+    """Checkpoint loading and ``init_weights`` of a ``BaseModule`` backbone (the mixin comes first in its bases).
+
+    The backbone defines ``default_init()`` (its architecture's initialisation),
+    ``checkpoint_filter_fn(state_dict)`` (published layouts -> its keys, the timm convention) and
+    ``optional_key_groups``: regexes of key groups a checkpoint may lack as a whole (output norms a
+    classification checkpoint has none of, predictors), which then stay at their initialisation.
+    """
+    optional_key_groups: Tuple[str, ...] = ()
+
+    def init_weights(self) -> None:
+        init_backbone_weights(self, self.default_init, self.load_pretrained)
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None, allow_partial: bool = False) -> LoadReport:
+        """Load the backbone's weights from ``checkpoint`` (path or URL): the entries under ``prefix`` when
+        given, else under ``backbone.`` when the file has any, else all, through ``checkpoint_filter_fn``.
+
+        Weights that do not fit raise :class:`CheckpointMismatchError` unless ``allow_partial``.
+        """
+        state_dict = self.checkpoint_filter_fn(backbone_state_dict(read_checkpoint(checkpoint), prefix))
+        optional = absent_groups(self.state_dict(), state_dict, self.optional_key_groups)
+        return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial,
+                            hint=self.checkpoint_mismatch_hint(state_dict), target=self.checkpoint_target())
+
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+        """A line for the mismatch error saying which setting would fit ``state_dict``, or None."""
+        return None
+
+    def checkpoint_target(self) -> str:
+        """How mismatch errors name this backbone."""
+        return type(self).__name__

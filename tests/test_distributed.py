@@ -198,7 +198,8 @@ def two_processes(tmp_path_factory):
         window=search + ['--min-budget', '0', '--max-budget', str(sparsest / 2), '--work-dir', str(root / 'w')],
         shard=search + window + ['--work-dir', str(root / 'shard'), '--cfg-options',
                                  'val_dataloader.dataset.data_prefix.seg_map_path=annotations/validation_partial'])
-    check_launch(launch([str(WORKERS / 'worker.py'), str(root / 'out'), json.dumps(runs)]))
+    check_launch(launch([str(WORKERS / 'worker.py'), str(root / 'out'), json.dumps(runs)],
+                        extra_pythonpath=Path(__file__).resolve().parent))
     return SimpleNamespace(root=root, one=one, ranks=rank_results(root / 'out'), missing=missing)
 
 
@@ -216,6 +217,19 @@ def test_ddp_step_matches_one_process_with_checkpointing_and_learned_scorers(two
         # The scorers of the pruned stages learn from the task loss and the keep-ratio loss.
         assert any(name.startswith('stages.0.window_scorer') for name in learned['with_gradient'])
         assert any(name.startswith('score_predictor') for name in cases['dynamicvit']['with_gradient'])
+
+
+@pytest.mark.slow
+def test_every_rank_follows_rank_0s_budgets_and_metrics_and_only_rank_0_writes(two_processes):
+    first, second = (rank['toy_search'] for rank in two_processes.ranks)
+    assert first['budget_calls'] > 0 and second['budget_calls'] == 0
+    assert first['records'] == second['records']
+    # Rank 0's metric (rank 1's own is lower by 1) and budget (rank 1's own is 100 higher).
+    assert all(r['metric'] == toy_metric(r['pruning_ratios']) for r in second['records'])
+    assert all(r['budget'] == toy_budget(r['pruning_ratios']) for r in second['records'])
+    assert first['wrote_log'] and not second['wrote_log']
+    for rank in two_processes.ranks:
+        assert rank['wrapped_sync_bn']['layers'] == ['Conv2d', '_BatchNormXd']
 
 
 @pytest.mark.slow

@@ -42,13 +42,15 @@ WORKERS = Path(__file__).resolve().parent / 'distributed'
 LAUNCH_TIMEOUT_S = 240
 
 
-def launch(args: List[str], extra_pythonpath: Optional[Path] = None) -> subprocess.CompletedProcess:
-    """``args`` run as the venv's ``torchrun --standalone --nproc-per-node 2 ...`` (or a script given first)."""
+# A script run as the venv's `torchrun --standalone --nproc-per-node 2 SCRIPT ...`.
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2']
+
+
+def launch(command: List[str], extra_pythonpath: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """``command`` from the repository root, one thread per process, the venv's python as ``PYTHON``."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), str(extra_pythonpath or ''),
                                                         os.environ.get('PYTHONPATH')])))
-    command = args if args[0].endswith('.sh') else [sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                                                    '--nproc-per-node', '2', *args]
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
@@ -198,7 +200,7 @@ def two_processes(tmp_path_factory):
         window=search + ['--min-budget', '0', '--max-budget', str(sparsest / 2), '--work-dir', str(root / 'w')],
         shard=search + window + ['--work-dir', str(root / 'shard'), '--cfg-options',
                                  'val_dataloader.dataset.data_prefix.seg_map_path=annotations/validation_partial'])
-    check_launch(launch([str(WORKERS / 'worker.py'), str(root / 'out'), json.dumps(runs)],
+    check_launch(launch([*TORCHRUN, str(WORKERS / 'worker.py'), str(root / 'out'), json.dumps(runs)],
                         extra_pythonpath=Path(__file__).resolve().parent))
     return SimpleNamespace(root=root, one=one, ranks=rank_results(root / 'out'), missing=missing)
 

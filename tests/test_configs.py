@@ -3,6 +3,8 @@
 The models keep their real sizes; only the images are small and no pretrained
 weights are loaded (the configs point at downloads that this machine cannot make).
 """
+import functools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
 
 import plugin  # noqa: F401  (registers the project's modules)
+from plugin.models.utils.sparsity import RATIO_CHOICES
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'configs'
 CONFIGS = sorted(p for p in CONFIG_ROOT.rglob('*.py') if '_base_' not in p.parts)
@@ -44,9 +47,15 @@ def segmentation_batch(cfg: Config) -> dict:
 BATCH_MAKERS = {'mmdet': detection_batch, 'mmseg': segmentation_batch}
 
 
+@functools.lru_cache(maxsize=None)
+def load_config(path: Path) -> Config:
+    """The config at ``path``, read once for the tests that only look at it."""
+    return Config.fromfile(str(path))
+
+
 def test_every_config_is_covered():
     assert CONFIGS, 'no configs found'
-    scopes = {Config.fromfile(str(path)).get('default_scope') for path in CONFIGS}
+    scopes = {load_config(path).get('default_scope') for path in CONFIGS}
     assert scopes <= set(BATCH_MAKERS) | {'mmdet3d'}, scopes
 
 
@@ -76,3 +85,40 @@ def test_config_trains_one_step_and_predicts(config_path):
     with torch.no_grad():
         predictions = model.test_step(batch)
     assert len(predictions) == len(batch['inputs'])
+
+
+def sparsevit_training_step(cfg: Config, image_size, ratio=None) -> set:
+    """Parameters of the config's SparseViT-Swin backbone that one training step at ``image_size`` leaves
+    without gradient (at ``ratio`` everywhere, else the config's ratios), as ``'stage.module'`` names."""
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    backbone = MODELS.build(dict(cfg.model.backbone, init_cfg=None, convert_weights=False)).train()
+    if ratio is not None:
+        backbone.set_pruning_ratios(ratio)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the warning of a block that keeps no window
+        outputs = backbone(torch.randn(1, 3, *image_size))
+    (sum(out.square().mean() for out in outputs) + sum(backbone.auxiliary_losses().values())).backward()
+    return {'.'.join(name.split('.')[1:3]) for name, p in backbone.named_parameters()
+            if p.requires_grad and p.grad is None}
+
+
+def test_find_unused_parameters_is_set_where_a_training_step_skips_a_module(one_thread):
+    """DDP must be told (find_unused_parameters) where a training step can leave parameters without gradient:
+    the learned scorer of a stage whose ratios are all 0 never runs, and an adaptation config's drawn ratios
+    skip a block that keeps no window. The paper's adaptation configs train at 480 px or more (COCO) and
+    512x512 (ADE20K), where the last stage has 6 windows or more and keeps one at the largest ratio, 0.8;
+    every other config runs every module."""
+    needing = set()
+    for path in CONFIGS:
+        cfg = load_config(path)
+        name = str(path.relative_to(CONFIG_ROOT))
+        adaptation = [hook for hook in cfg.get('custom_hooks', []) if hook.type == 'SparsityAwareAdaptationHook']
+        if cfg.model.backbone.get('scorer') == 'learned':
+            # Training runs every window of a pruned stage (nested decisions), so the input size does not matter.
+            assert sparsevit_training_step(cfg, (64, 64)) == {'1.window_scorer', '3.window_scorer'}, name
+            needing.add(name)
+        elif adaptation and 'image_size' in cfg:
+            assert sparsevit_training_step(cfg, cfg.image_size, max(adaptation[0].get('choices', RATIO_CHOICES))), name
+            needing.add(name)
+    assert {str(p.relative_to(CONFIG_ROOT)) for p in CONFIGS if load_config(p).get('find_unused_parameters')} == needing

@@ -13,14 +13,25 @@ kept windows charged), or its median latency in ms for a batch of
 Writes to --work-dir: search_log.jsonl (every measured candidate; --resume
 continues it), candidates.csv, pruning_ratios.py (the best configuration as a
 config fragment) and search.png (metric against budget, Pareto front marked).
+
+On N processes (one per GPU, or CPU processes with gloo), each candidate's
+validation images are split across them; the budget is measured on rank 0,
+which alone writes the files. Same seed, same log as one process:
+
+    torchrun --nproc-per-node 8 tools/search_sparsity.py CONFIG CHECKPOINT --constraint macs \
+        --max-budget 150 --min-budget 120 --launcher pytorch
+
+(under torchrun write --max-budget and --min-budget: torchrun's parser takes a bare --max as its own).
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.dist import get_world_size, is_main_process
 
 from plugin.models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone
 from plugin.search import (
@@ -36,6 +47,7 @@ from plugin.search import (
 )
 from plugin.search.evolution import SearchResult
 from plugin.utils.cli import HelpFormatter, run_tool
+from plugin.utils.distributed import LAUNCHERS, init_distributed, on_every_rank
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -44,8 +56,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='the adapted (SAA) checkpoint: a path or URL')
     parser.add_argument('--constraint', choices=['macs', 'latency'], required=True,
                         help='macs: backbone GMACs per image; latency: backbone ms per batch')
-    parser.add_argument('--max', type=float, required=True, help='largest budget allowed (GMACs or ms)')
-    parser.add_argument('--min', type=float, default=0., help='smallest budget allowed (GMACs or ms)')
+    # The long names pass through torchrun, whose parser takes a bare --max for its --max-restarts.
+    parser.add_argument('--max', '--max-budget', dest='max', type=float, required=True,
+                        help='largest budget allowed (GMACs or ms)')
+    parser.add_argument('--min', '--min-budget', dest='min', type=float, default=0.,
+                        help='smallest budget allowed (GMACs or ms)')
     parser.add_argument('--population', type=int, default=100, help='candidates per generation')
     parser.add_argument('--generations', type=int, default=20, help='generations, the random one included')
     parser.add_argument('--topk', type=int, default=25, help='parents: the best candidates so far')
@@ -68,6 +83,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--max-attempts', type=int, default=1000,
                         help='proposals per candidate before rejection sampling gives up')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help="'pytorch' under torchrun, 'slurm' under srun: one process per GPU (NCCL) or CPU "
+                             "processes (gloo)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
 
@@ -79,15 +97,19 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
         cfg.merge_from_dict(args.cfg_options)
     work_dir = Path(args.work_dir or
                     f'work_dirs/search_{Path(args.config).stem}_{args.constraint}_{args.min:g}-{args.max:g}')
-    work_dir.mkdir(parents=True, exist_ok=True)
+    init_distributed(args.launcher, args.device, timeout=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout'))
 
-    model = build_model(cfg, args.checkpoint, args.device)
-    backbone = find_sparse_backbone(model, 'tools/search_sparsity.py')
-    if args.constraint == 'macs':
-        budget = MacsBudget(backbone, args.shape)
-    else:
-        budget = LatencyBudget(backbone, args.shape, args.latency_batch, args.warmup, args.repeats)
-    evaluate = SubsetEvaluator(cfg, model, args.num_val_images or None, args.metric)
+    def build():
+        model = build_model(cfg, args.checkpoint, args.device)
+        backbone = find_sparse_backbone(model, 'tools/search_sparsity.py')
+        if args.constraint == 'macs':
+            budget = MacsBudget(backbone, args.shape)
+        else:
+            budget = LatencyBudget(backbone, args.shape, args.latency_batch, args.warmup, args.repeats)
+        return backbone, budget, SubsetEvaluator(cfg, model, args.num_val_images or None, args.metric)
+
+    # A rank that cannot build (a missing checkpoint on its node) stops every rank.
+    backbone, budget, evaluate = on_every_rank(build)
     settings = SearchSettings(
         depths=backbone.depths, min_budget=args.min, max_budget=args.max, budget_name=budget.name,
         population_size=args.population, generations=args.generations, topk=args.topk,
@@ -95,13 +117,19 @@ def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
         max_attempts=args.max_attempts)
     search = EvolutionarySearch(evaluate, budget, settings, log_path=work_dir / 'search_log.jsonl',
                                 resume=args.resume, progress=not args.no_progress)
+    start = time.perf_counter()
     result = search.run()
+    seconds = time.perf_counter() - start
+    if not is_main_process():
+        return result
 
     metric_name = evaluate.describe()
     fragment = write_pruning_ratios_fragment(work_dir / 'pruning_ratios.py', result, settings, metric_name)
     write_csv(work_dir / 'candidates.csv', result.records, result.pareto)
     plot_search(work_dir / 'search.png', result, settings, metric_name)
-    print(f'\nEvaluated {len(result.records)} candidates; Pareto front ({metric_name} vs {settings.budget_name}):')
+    processes = get_world_size()
+    print(f'\nEvaluated {len(result.records)} candidates in {seconds:.1f} s on {processes} '
+          f'process{"es" if processes > 1 else ""}; Pareto front ({metric_name} vs {settings.budget_name}):')
     for record in result.pareto:
         print(f"  {record['budget']:10.4g}  {record['metric']:.4f}  {record['pruning_ratios']}")
     print(f'\n{fragment}\nWritten to {work_dir}: search_log.jsonl, candidates.csv, pruning_ratios.py, search.png')

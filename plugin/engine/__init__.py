@@ -1,5 +1,6 @@
-"""Runner hooks; importing this module registers them."""
+"""Runner hooks and model wrappers; importing this module registers them."""
+from .cpu_ddp import CPUDistributedDataParallel
 from .hooks import SparsityAwareAdaptationHook
 from .slimming_hook import GumbelTemperatureHook
 
-__all__ = ['GumbelTemperatureHook', 'SparsityAwareAdaptationHook']
+__all__ = ['CPUDistributedDataParallel', 'GumbelTemperatureHook', 'SparsityAwareAdaptationHook']

@@ -7,6 +7,10 @@ from mmengine.hooks.hook import DATA_BATCH
 from mmengine.registry import HOOKS
 
 from ..models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone, normalize_pruning_ratios, sample_pruning_ratios
+from ..utils.distributed import on_main_rank
+
+# Where a checkpoint keeps the seed of the sequence, so that a resumed run continues it.
+CHECKPOINT_SEED_KEY = 'sparsity_aware_adaptation_seed'
 
 
 @HOOKS.register_module()
@@ -23,9 +27,14 @@ class SparsityAwareAdaptationHook(Hook):
         choices (Sequence[float]): Ratios a block pair may take, each in [0, 1).
         eval_pruning_ratios (float | list): Ratios for validation (any form the
             backbone accepts); 0 = dense.
-        seed (int, optional): Seed of the sampler; None takes the runner's seed.
-            The draw of iteration ``i`` depends only on (seed, i), so a resumed
-            run and every rank of a distributed run see the same sequence.
+        seed (int, optional): Seed of the sampler; None takes the runner's seed
+            on rank 0 (the base seed, also with ``randomness=dict(diff_rank_seed=True)``,
+            which gives every other rank another seed), shared with every rank.
+            The draw of iteration ``i`` depends only on (seed, i), so every rank
+            of a distributed run sees the same sequence. The seed is saved in
+            each checkpoint and a run resumed (or loaded) from one takes it
+            back, so a resumed run continues the sequence; a seed given here
+            wins over the checkpoint's (with a warning when they differ).
     """
 
     def __init__(self,
@@ -39,6 +48,7 @@ class SparsityAwareAdaptationHook(Hook):
             raise TypeError(f'seed must be an int or None, got {seed!r}')
         self.choices = tuple(float(c) for c in choices)
         self.eval_pruning_ratios = eval_pruning_ratios
+        self.given_seed = seed
         self.seed = seed
 
     def before_run(self, runner) -> None:
@@ -46,7 +56,21 @@ class SparsityAwareAdaptationHook(Hook):
         # Fails here, before any training, on ratios that do not fit the backbone.
         normalize_pruning_ratios(self.eval_pruning_ratios, backbone.depths)
         if self.seed is None:
-            self.seed = runner.seed
+            self.seed = on_main_rank(lambda: runner.seed)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})[CHECKPOINT_SEED_KEY] = self.seed
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get('meta', {}).get(CHECKPOINT_SEED_KEY)
+        if saved is None or saved == self.seed:
+            return
+        if self.given_seed is not None:
+            runner.logger.warning(f'SparsityAwareAdaptationHook: the checkpoint\'s sequence has seed {saved}; '
+                                  f'the configured seed {self.given_seed} is used instead')
+            return
+        runner.logger.info(f'SparsityAwareAdaptationHook: continuing the checkpoint\'s sequence (seed {saved})')
+        self.seed = saved
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         backbone = find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook')

@@ -1,17 +1,19 @@
 """Validation metric of a model at given pruning ratios, through the config's own evaluator."""
 import contextlib
 import copy
+import functools
 import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from mmengine import fileio
 from mmengine.config import Config
 from mmengine.dataset import BaseDataset
+from mmengine.dist import is_distributed
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
@@ -20,19 +22,26 @@ from mmengine.runner import Runner
 
 from ..models.utils.checkpoint import load_model_checkpoint
 from ..models.utils.sparsity import PruningRatios, find_sparse_backbone
+from ..utils.distributed import describe_failure, on_every_rank, raise_failure
 
 # Metrics searched by default, first present wins: box AP of mmdet's CocoMetric, mmseg's mIoU.
 DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')
+# Key (after the metric's prefix) under which rank 0 sends a failure of its metric computation.
+_METRIC_FAILURE = '__failure__'
 
 
 def build_model(cfg: Config, checkpoint: Optional[str], device: torch.device | str) -> nn.Module:
     """The config's model with ``checkpoint`` loaded (no pretrained init), in eval mode on ``device``.
 
     The checkpoint must fit the model (``plugin.models.utils.checkpoint.load_model_checkpoint``).
+    SyncBN layers stay as they are when a process group exists (in eval mode they use the running
+    statistics and never synchronise) and become BN otherwise.
     """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    # Synchronised batch norm needs a process group; a single-process search has none.
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model = MODELS.build(cfg.model)
+    if not is_distributed():
+        # Synchronised batch norm needs a process group; a single-process search has none.
+        model = revert_sync_batchnorm(model)
     if checkpoint is not None:
         load_model_checkpoint(model, checkpoint)
     model.to(device)
@@ -90,6 +99,12 @@ class SubsetEvaluator:
     The metric is that of the subset: the ground truth of the images not run is left out
     (:func:`restrict_metrics_to_samples`), so it is the AP or mIoU the subset gives.
 
+    Built after a process group has started, it runs on every rank: the config's sampler
+    (mmengine's ``DefaultSampler``) gives each rank its shard of the images, the evaluator
+    collects the predictions on rank 0, which computes the metrics, and every rank returns
+    them. The metric is the one process would compute from the same predictions. A failure
+    on any rank (in its shard, or in rank 0's metric computation) is raised on every rank.
+
     Args:
         cfg: The config; its ``val_dataloader`` and ``val_evaluator`` are used.
         model: The built model (see :func:`build_model`); its backbone takes pruning ratios.
@@ -114,6 +129,10 @@ class SubsetEvaluator:
             self.dataloader = Runner.build_dataloader(dataloader_cfg, seed=0)
             self.evaluator = Evaluator(copy.deepcopy(cfg.val_evaluator))
         self.evaluator.dataset_meta = self.dataloader.dataset.metainfo
+        self._metric_error: Optional[Exception] = None
+        if is_distributed():
+            for evaluator_metric in self.evaluator.metrics:
+                evaluator_metric.compute_metrics = self._returning_failures(evaluator_metric.compute_metrics)
         self._subset_dir = tempfile.TemporaryDirectory(prefix='effidense-subset-')
         restrict_metrics_to_samples(self.evaluator.metrics, self.dataloader.dataset, Path(self._subset_dir.name))
         total = len(self.dataloader.dataset.load_data_list()) if num_images is not None else None
@@ -130,10 +149,33 @@ class SubsetEvaluator:
         self.backbone.set_pruning_ratios(pruning_ratios)
         self.model.eval()
         with _quiet() if self.quiet else contextlib.nullcontext(), torch.no_grad():
-            for data_batch in self.dataloader:
-                outputs = self.model.val_step(data_batch)
-                self.evaluator.process(data_samples=outputs, data_batch=data_batch)
-            return self.evaluator.evaluate(len(self.dataloader.dataset))
+            # Every rank finishes its shard before the evaluator's collection waits for them all.
+            on_every_rank(self._process_shard)
+            metrics = self.evaluator.evaluate(len(self.dataloader.dataset))
+        failures = [value for key, value in metrics.items() if key.endswith(_METRIC_FAILURE)]
+        if failures:
+            error, self._metric_error = self._metric_error, None
+            if error is not None:
+                raise error
+            raise_failure(0, failures[0])
+        return metrics
+
+    def _process_shard(self) -> None:
+        for data_batch in self.dataloader:
+            outputs = self.model.val_step(data_batch)
+            self.evaluator.process(data_samples=outputs, data_batch=data_batch)
+
+    def _returning_failures(self, compute_metrics: Callable[[list], dict]) -> Callable[[list], dict]:
+        """``compute_metrics`` (run by rank 0 only) returning its failure instead of raising it: rank 0 then
+        still reaches the broadcast of the metrics that every other rank waits in, and the failure reaches them."""
+        @functools.wraps(compute_metrics)
+        def compute(results: list) -> dict:
+            try:
+                return compute_metrics(results)
+            except Exception as error:
+                self._metric_error = error
+                return {_METRIC_FAILURE: describe_failure(error)}
+        return compute
 
     def __call__(self, pruning_ratios: PruningRatios) -> float:
         metrics = self.metrics(pruning_ratios)

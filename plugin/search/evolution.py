@@ -10,6 +10,13 @@ The search is a pure function of its settings and of what ``budget`` and
 ``evaluate`` return. Every measurement goes to a JSON-lines log, so a resumed
 search replays the logged ones instead of measuring again and ends exactly
 where an uninterrupted one would (noisy latency included).
+
+In a distributed run (a started process group) every rank runs the same search:
+``evaluate`` runs on every rank (each scoring its shard of the images, see
+``SubsetEvaluator``) and rank 0's metric is the one every rank uses; ``budget``
+runs on rank 0 only and its value is shared; only rank 0 reads and writes the
+log and shows progress. A failure on any rank ends the search on every rank.
+So the search takes the same decisions, and writes the same log, as one process.
 """
 import dataclasses
 import json
@@ -20,9 +27,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from mmengine.dist import is_main_process
 from tqdm import tqdm
 
 from ..models.utils.sparsity import RATIO_CHOICES, PruningRatios
+from ..utils.distributed import on_every_rank, on_main_rank
 from .space import Genes, SparsitySearchSpace
 
 Record = Dict[str, object]
@@ -146,12 +155,14 @@ class EvolutionarySearch:
     """Find the pruning ratios with the best metric whose budget lies in a window.
 
     Args:
-        evaluate: Metric of a configuration (higher is better), e.g. box AP on a validation subset.
-        budget: Cost of a configuration, e.g. backbone GMACs or latency in ms.
+        evaluate: Metric of a configuration (higher is better), e.g. box AP on a validation subset; in a
+            distributed run it is called on every rank (it may use collectives, as ``SubsetEvaluator`` does).
+        budget: Cost of a configuration, e.g. backbone GMACs or latency in ms; in a distributed run it is
+            called on rank 0 only.
         settings: See :class:`SearchSettings`.
-        log_path: JSON-lines log of every measurement; None keeps no log.
+        log_path: JSON-lines log of every measurement; None keeps no log. Rank 0's path in a distributed run.
         resume: Replay an existing log at ``log_path`` (written with the same settings).
-        progress: Show a progress bar with the generation, the best metric and its budget.
+        progress: Show a progress bar with the generation, the best metric and its budget (rank 0 only).
     """
 
     def __init__(self,
@@ -165,12 +176,16 @@ class EvolutionarySearch:
         self.budget = budget
         self.settings = settings
         self.space = SparsitySearchSpace(settings.depths, settings.choices)
-        self.log = None if log_path is None else SearchLog(log_path, settings, resume)
-        self.progress = progress
-        logged = [] if self.log is None else self.log.records
+        self.log: Optional[SearchLog] = None
+        self.progress = progress and is_main_process()
+        logged = [] if log_path is None else on_main_rank(lambda: self._open_log(log_path, resume))
         self._budgets: Dict[Genes, float] = {genes_of(r): r['budget'] for r in logged}
         self._metrics: Dict[Genes, float] = {genes_of(r): r['metric'] for r in logged
                                              if r['event'] == 'evaluated'}
+
+    def _open_log(self, log_path: Path, resume: bool) -> List[Record]:
+        self.log = SearchLog(log_path, settings=self.settings, resume=resume)
+        return self.log.records
 
     def run(self) -> SearchResult:
         settings = self.settings
@@ -210,7 +225,7 @@ class EvolutionarySearch:
                     bar.update()
                     bar.set_postfix(OrderedDict(generation=generation, best=f"{best['metric']:.4g}",
                                                 budget=f"{best['budget']:.4g} {settings.budget_name}"))
-                if failed:
+                if failed and is_main_process():
                     warnings.warn(f'generation {generation}: {failed} of {settings.population_size} slots found '
                                   f'no new candidate within [{settings.min_budget}, {settings.max_budget}] '
                                   f'{settings.budget_name} in {settings.max_attempts} proposals each')
@@ -238,9 +253,17 @@ class EvolutionarySearch:
                 return genes, budget
         return None
 
+    def _shared_budget(self, genes: Genes) -> float:
+        """The budget of ``genes``, measured on rank 0 (one latency measurement, the same on every rank)."""
+        ratios = self.space.to_pruning_ratios(genes)
+        budget = on_main_rank(lambda: float(self.budget(ratios)))
+        if not math.isfinite(budget):
+            raise ValueError(f'budget returned {budget} for pruning ratios {ratios}')
+        return budget
+
     def _measure(self, genes: Genes, generation: int, origin: str) -> float:
         if genes not in self._budgets:
-            budget = float(self.budget(self.space.to_pruning_ratios(genes)))
+            budget = self._shared_budget(genes)
             self._budgets[genes] = budget
             if not self.settings.min_budget <= budget <= self.settings.max_budget:
                 self._write(dict(event='rejected', generation=generation, origin=origin,
@@ -253,7 +276,9 @@ class EvolutionarySearch:
                       pruning_ratios=ratios, budget=budget)
         if genes in self._metrics:
             return dict(record, metric=self._metrics[genes])
-        metric = float(self.evaluate(ratios))
+        metric = on_every_rank(lambda: float(self.evaluate(ratios)))
+        # Rank 0's metric decides on every rank, so that no two ranks can take different paths.
+        metric = on_main_rank(lambda: metric)
         if not math.isfinite(metric):
             raise ValueError(f'evaluate returned {metric} for pruning ratios {ratios}')
         record['metric'] = self._metrics[genes] = metric
@@ -274,7 +299,7 @@ class EvolutionarySearch:
         for ratio in (min(self.space.choices), max(self.space.choices)):
             genes = self._uniform_genes(ratio)
             if genes not in self._budgets:
-                self._budgets[genes] = float(self.budget(self.space.to_pruning_ratios(genes)))
+                self._budgets[genes] = self._shared_budget(genes)
                 self._write(dict(event='bound', generation=-1, origin='bound',
                                  pruning_ratios=self.space.to_pruning_ratios(genes), budget=self._budgets[genes]))
             bounds.append((ratio, self._budgets[genes]))

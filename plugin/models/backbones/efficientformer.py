@@ -55,6 +55,7 @@ from ..utils.checkpoint import (
     load_checked,
     read_checkpoint,
 )
+from ..utils.export_mode import group_norm_by_channel_means, is_exporting
 from .efficientformer_convert import convert_efficientformer_keys
 
 BIAS_MODES = ('official_dense', 'geometric')
@@ -114,8 +115,9 @@ class RelativeBiasAttention(BaseModule):
 
     def attention_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
         """``(num_heads, Nq, Nk)`` bias for queries on ``query_hw`` and keys on ``key_hw``."""
-        # Inference reuses the bias of the last input size; training needs its graph.
-        reuse = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing())
+        # Inference reuses the bias of the last input size; training needs its graph, and an export would
+        # bake a cached bias into its graph as a constant (or cache a traced stand-in).
+        reuse = not (self.training or torch.is_grad_enabled() or is_exporting())
         size_key = (tuple(query_hw), tuple(key_hw))
         if reuse and self._cached_bias is not None and self._cached_bias[0] == size_key:
             return self._cached_bias[1]
@@ -304,7 +306,9 @@ class EfficientFormerBase(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                norm = getattr(self, f'norm{i}')
+                exportable = is_exporting() and isinstance(norm, nn.GroupNorm)
+                outs.append(group_norm_by_channel_means(norm, x) if exportable else norm(x))
         return tuple(outs)
 
     def train(self, mode: bool = True) -> 'EfficientFormerBase':

@@ -1,0 +1,16 @@
+"""Deployment: exporting the backbones (and necks) to ONNX and torch.export, and checking the exported files."""
+from .export import (
+    EXPORTABLE_BACKBONES,
+    FORMATS,
+    ExportError,
+    FeatureExtractor,
+    feature_extractor,
+    load_runner,
+    onnxruntime_session,
+    relative_differences,
+    save,
+    trace,
+)
+
+__all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'ExportError', 'FeatureExtractor', 'feature_extractor', 'load_runner',
+           'onnxruntime_session', 'relative_differences', 'save', 'trace']

@@ -1,0 +1,165 @@
+"""Exporting a backbone (optionally with its neck) to ONNX or torch.export, and running the exported file.
+
+Both formats start from one ``torch.export`` trace in inference mode (eval, no gradient);
+``torch.onnx.export`` translates that program to ONNX (its default, dynamo-based exporter).
+While exporting, the backbones pick their exportable code paths (see
+``plugin.models.utils.export_mode``); everything else is the model as it runs in PyTorch, so
+SparseViT's window ranking (a ``TopK`` over the per-window scores) stays data-dependent.
+"""
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..models.backbones import DynamicViT, EfficientFormer, EfficientFormerSupernet, EfficientFormerV2, SparseViTSwin
+
+FORMATS = ('onnx', 'torch-export')
+SUFFIXES = {'onnx': '.onnx', 'torch-export': '.pt2'}
+EXPORTABLE_BACKBONES = (SparseViTSwin, EfficientFormer, EfficientFormerV2, DynamicViT)
+# The exported graph's input (``FeatureExtractor.forward``'s argument); outputs are feature0, feature1, ...
+INPUT_NAME = 'image'
+
+Runner = Callable[[torch.Tensor], List[torch.Tensor]]
+
+
+class ExportError(ValueError):
+    """The exporter refused the model, or the exported file does not compute what PyTorch computes."""
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone, then optionally a neck: the feature maps that a detector's or segmentor's heads consume."""
+
+    def __init__(self, backbone: nn.Module, neck: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.backbone(image)
+        return tuple(features if self.neck is None else self.neck(features))
+
+
+def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtractor:
+    """The backbone (and with ``with_neck`` the neck) of an mmdet/mmseg/mmdet3d model, in eval mode."""
+    backbone = getattr(model, 'backbone', None)
+    if isinstance(backbone, EfficientFormerSupernet):
+        raise TypeError('EfficientFormerSupernet is a training-time supernet: slim it first (tools/slim.py) and '
+                        'export the EfficientFormer it writes')
+    if not isinstance(backbone, EXPORTABLE_BACKBONES):
+        names = ', '.join(cls.__name__ for cls in EXPORTABLE_BACKBONES)
+        raise TypeError(f'the model\'s backbone is {type(backbone).__name__}; exporting supports this project\'s '
+                        f'backbones: {names}')
+    neck = None
+    if with_neck:
+        neck = getattr(model, 'neck', None)
+        if not isinstance(neck, nn.Module):
+            raise ValueError(f'--with-neck: {type(model).__name__} has no neck')
+    return FeatureExtractor(backbone, neck).eval()
+
+
+def dynamic_size_shapes(example: torch.Tensor) -> Dict[str, Dict[int, object]]:
+    """``dynamic_shapes`` of ``torch.export`` for an image input whose height and width may vary."""
+    return {INPUT_NAME: {2: torch.export.Dim('height'), 3: torch.export.Dim('width')}}
+
+
+def _exporter_message(error: Exception) -> str:
+    """The useful part of an exporter's error: torch.onnx's exception summary, else the first lines."""
+    text = str(error)
+    start = text.find('## Exception summary')
+    if start >= 0:
+        text = text[start + len('## Exception summary'):]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f'{type(error).__name__}: ' + ' '.join(lines[:4])
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints its progress to stdout and torch.export warns about every traced attribute."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        yield
+
+
+def trace(extractor: FeatureExtractor, example: torch.Tensor,
+          dynamic_size: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``extractor`` on ``example`` in inference mode; ``dynamic_size`` lets height
+    and width vary (the program then checks at run time the conditions its trace assumed)."""
+    extractor.eval()
+    shapes = dynamic_size_shapes(example) if dynamic_size else None
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            return torch.export.export(extractor, (example,), dynamic_shapes=shapes)
+    except Exception as error:  # any exporter failure becomes one message
+        name = type(extractor.backbone).__name__
+        raise ExportError(f'torch.export could not trace {name}: {_exporter_message(error)}') from error
+
+
+def save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> Path:
+    """Write ``program`` as ``fmt`` (``'onnx'``: translated by torch.onnx; ``'torch-export'``: a .pt2 archive)."""
+    if fmt not in FORMATS:
+        raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == 'torch-export':
+        torch.export.save(program, path)
+        return path
+    num_outputs = len(program.graph_signature.user_outputs)
+    try:
+        with _quiet_exporter():
+            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False,
+                                             output_names=[f'feature{i}' for i in range(num_outputs)])
+    except Exception as error:  # any exporter failure becomes one message
+        raise ExportError(f'torch.onnx could not translate the program: {_exporter_message(error)}') from error
+    onnx_program.save(str(path))
+    return path
+
+
+def onnxruntime_session(path: Path, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    # One operator at a time, as PyTorch eager runs them, so that both use the same threads.
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def load_runner(path: Path, fmt: str, threads: Optional[int] = None) -> Runner:
+    """A callable that runs the exported file on an image batch and returns its outputs as tensors
+    (ONNX: in ONNX Runtime on the CPU; torch-export: the program loaded by ``torch.export.load``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
+    if fmt == 'torch-export':
+        module = torch.export.load(str(path)).module()
+
+        def run_program(image: torch.Tensor) -> List[torch.Tensor]:
+            with torch.no_grad():
+                return list(module(image))
+        return run_program
+
+    session = onnxruntime_session(path, threads)
+
+    def run_session(image: torch.Tensor) -> List[torch.Tensor]:
+        outputs = session.run(None, {INPUT_NAME: image.detach().cpu().numpy()})
+        return [torch.from_numpy(output) for output in outputs]
+    return run_session
+
+
+def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> List[float]:
+    """Per output, ``max |output - reference| / max |reference|`` (shapes must agree)."""
+    if len(outputs) != len(references):
+        raise ExportError(f'the exported model returns {len(outputs)} outputs, PyTorch {len(references)}')
+    differences = []
+    for i, (output, reference) in enumerate(zip(outputs, references)):
+        if tuple(output.shape) != tuple(reference.shape):
+            raise ExportError(f'output {i} has shape {tuple(output.shape)} in the exported model, '
+                              f'{tuple(reference.shape)} in PyTorch')
+        scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
+        differences.append(((output.to(reference.dtype) - reference).abs().max() / scale).item())
+    return differences

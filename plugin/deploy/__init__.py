@@ -2,8 +2,11 @@
 from .export import (
     EXPORTABLE_BACKBONES,
     FORMATS,
+    SUFFIXES,
     ExportError,
     FeatureExtractor,
+    check_any_size,
+    compare_with_pytorch,
     feature_extractor,
     load_runner,
     onnxruntime_session,
@@ -12,5 +15,6 @@ from .export import (
     trace,
 )
 
-__all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'ExportError', 'FeatureExtractor', 'feature_extractor', 'load_runner',
-           'onnxruntime_session', 'relative_differences', 'save', 'trace']
+__all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'SUFFIXES', 'ExportError', 'FeatureExtractor', 'check_any_size',
+           'compare_with_pytorch',
+           'feature_extractor', 'load_runner', 'onnxruntime_session', 'relative_differences', 'save', 'trace']

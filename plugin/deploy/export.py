@@ -61,9 +61,16 @@ def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtra
     return FeatureExtractor(backbone, neck).eval()
 
 
-def dynamic_size_shapes(example: torch.Tensor) -> Dict[str, Dict[int, object]]:
+# Sides a dynamic-size export accepts. From 64 on, every stride-32 map has more than one row and column, which
+# the traced broadcasting assumes; named dims make torch.export fail, not specialise, where a model needs more.
+DYNAMIC_SIDE_RANGE = (64, 4096)
+
+
+def dynamic_size_shapes() -> Dict[str, Dict[int, object]]:
     """``dynamic_shapes`` of ``torch.export`` for an image input whose height and width may vary."""
-    return {INPUT_NAME: {2: torch.export.Dim('height'), 3: torch.export.Dim('width')}}
+    low, high = DYNAMIC_SIDE_RANGE
+    return {INPUT_NAME: {2: torch.export.Dim('height', min=low, max=high),
+                         3: torch.export.Dim('width', min=low, max=high)}}
 
 
 def _exporter_message(error: Exception) -> str:
@@ -89,13 +96,31 @@ def trace(extractor: FeatureExtractor, example: torch.Tensor,
     """``torch.export.export`` of ``extractor`` on ``example`` in inference mode; ``dynamic_size`` lets height
     and width vary (the program then checks at run time the conditions its trace assumed)."""
     extractor.eval()
-    shapes = dynamic_size_shapes(example) if dynamic_size else None
+    shapes = dynamic_size_shapes() if dynamic_size else None
+    if dynamic_size and not all(DYNAMIC_SIDE_RANGE[0] <= side <= DYNAMIC_SIDE_RANGE[1] for side in example.shape[2:]):
+        raise ValueError(f'a dynamic-size export takes sides in {list(DYNAMIC_SIDE_RANGE)}, and so must the example '
+                         f'input; got {tuple(example.shape[2:])}')
     try:
         with torch.no_grad(), _quiet_exporter():
             return torch.export.export(extractor, (example,), dynamic_shapes=shapes)
     except Exception as error:  # any exporter failure becomes one message
         name = type(extractor.backbone).__name__
-        raise ExportError(f'torch.export could not trace {name}: {_exporter_message(error)}') from error
+        hint = ('; the traced model depends on the input size in Python: export at a static size, one file per '
+                'size') if dynamic_size else ''
+        raise ExportError(f'torch.export could not trace {name}{" at a dynamic size" if dynamic_size else ""}: '
+                          f'{_exporter_message(error)}{hint}') from error
+
+
+def check_any_size(program: torch.export.ExportedProgram, image: torch.Tensor) -> None:
+    """Run a dynamic-size ``program`` on ``image`` (of another size than at export): the guards that torch.export
+    put where the traced model depends on the size in Python fail there (and ONNX drops those guards)."""
+    try:
+        with torch.no_grad():
+            program.module()(image)
+    except Exception as error:  # a failed guard: the program holds only at sizes like the export's
+        raise ExportError(f'the exported program does not hold at {tuple(image.shape[2:])}: the traced model '
+                          f'depends on the input size ({_exporter_message(error)}); export at a static size, '
+                          f'one file per size') from error
 
 
 def save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> Path:
@@ -143,7 +168,10 @@ def load_runner(path: Path, fmt: str, threads: Optional[int] = None) -> Runner:
                 return list(module(image))
         return run_program
 
-    session = onnxruntime_session(path, threads)
+    try:
+        session = onnxruntime_session(path, threads)
+    except Exception as error:  # ONNX Runtime raises its own types for a file it cannot run
+        raise ExportError(f'ONNX Runtime cannot load {path}: {error}') from error
 
     def run_session(image: torch.Tensor) -> List[torch.Tensor]:
         outputs = session.run(None, {INPUT_NAME: image.detach().cpu().numpy()})
@@ -163,3 +191,23 @@ def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[t
         scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
         differences.append(((output.to(reference.dtype) - reference).abs().max() / scale).item())
     return differences
+
+
+def compare_with_pytorch(run: Runner, extractor: FeatureExtractor,
+                         images: Sequence[torch.Tensor]) -> List[Dict[str, object]]:
+    """Run the exported model and ``extractor`` on each image batch: per batch its size, the number of outputs,
+    the largest absolute and the largest relative difference (see :func:`relative_differences`)."""
+    rows = []
+    for image in images:
+        with torch.no_grad():
+            references = list(extractor(image))
+        try:
+            outputs = run(image)
+        except Exception as error:  # a guard of the program or ONNX Runtime refusing the input
+            raise ExportError(f'the exported model fails on a {tuple(image.shape)} input: '
+                              f'{_exporter_message(error)}') from error
+        relative = relative_differences(outputs, references)
+        absolute = max((output.to(ref.dtype) - ref).abs().max().item() for output, ref in zip(outputs, references))
+        rows.append({'input': 'x'.join(map(str, image.shape[2:])), 'outputs': len(outputs),
+                     'max abs diff': absolute, 'max relative diff': max(relative)})
+    return rows

@@ -137,7 +137,8 @@ class RelativeBiasAttention(BaseModule):
     def _geometric_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
         side = self.table_side
         table = self.attention_biases.view(1, self.num_heads, side, side)
-        if tuple(key_hw) != (side, side):
+        # An export resamples at every size (at the table's own size an identity), so that the size stays a variable.
+        if is_exporting() or tuple(key_hw) != (side, side):
             # Corners aligned: offset 0 (a token and itself) and the largest offset keep their values.
             table = F.interpolate(table, size=tuple(key_hw), mode='bicubic', align_corners=True)
         index = relative_offset_index(query_hw, key_hw, self.query_stride, key_hw[1], table.device)

@@ -143,11 +143,16 @@ def save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> Path:
     return path
 
 
-def onnxruntime_session(path: Path, threads: Optional[int] = None):
-    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count)."""
+def onnxruntime_session(path: Path, threads: Optional[int] = None, spinning: bool = True):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count).
+
+    ``spinning=False`` stops its idle worker threads from busy-waiting after a run, which would take the
+    cores from whatever runs next (a benchmark alternating runtimes).
+    """
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
     # One operator at a time, as PyTorch eager runs them, so that both use the same threads.
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
@@ -155,9 +160,10 @@ def onnxruntime_session(path: Path, threads: Optional[int] = None):
     return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def load_runner(path: Path, fmt: str, threads: Optional[int] = None) -> Runner:
+def load_runner(path: Path, fmt: str, threads: Optional[int] = None, spinning: bool = True) -> Runner:
     """A callable that runs the exported file on an image batch and returns its outputs as tensors
-    (ONNX: in ONNX Runtime on the CPU; torch-export: the program loaded by ``torch.export.load``)."""
+    (ONNX: in ONNX Runtime on the CPU, see :func:`onnxruntime_session`; torch-export: the program loaded
+    by ``torch.export.load``)."""
     if fmt not in FORMATS:
         raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
     if fmt == 'torch-export':
@@ -169,7 +175,7 @@ def load_runner(path: Path, fmt: str, threads: Optional[int] = None) -> Runner:
         return run_program
 
     try:
-        session = onnxruntime_session(path, threads)
+        session = onnxruntime_session(path, threads, spinning)
     except Exception as error:  # ONNX Runtime raises its own types for a file it cannot run
         raise ExportError(f'ONNX Runtime cannot load {path}: {error}') from error
 

@@ -203,20 +203,21 @@ def write_config(tmp_path: Path, base: str, overrides: str) -> str:
 
 
 TINY_EFFICIENTFORMER_CONFIG = (f'model = dict(backbone=dict(arch=None, embed_dims={EFFICIENTFORMER["embed_dims"]}, '
-                               f'depths={EFFICIENTFORMER["depths"]}, num_vit=1, init_cfg=None))')
+                               f'depths={EFFICIENTFORMER["depths"]}, num_vit=1, init_cfg=None), '
+                               f'neck=dict(in_channels={list(EFFICIENTFORMER["embed_dims"])}))')
 TINY_DYNAMIC_VIT = ('backbone=dict(arch=None, embed_dims=48, depth=6, num_heads=3, pruning_locs=(1, 3, 5), '
                     'init_cfg=None)')
 TOOL_RUNS = {
     'sparsevit-torch-export': (
         'configs/demo/mask-rcnn_sparsevit-swin-mini_demo-shapes.py', '',
         ['--format', 'torch-export', '--shape', '160', '160', '--pruning-ratios', '0.3'], 4),
-    'efficientformer-torch-export-dynamic-fused': (
+    'efficientformer-torch-export-dynamic-fused-with-neck': (
         'configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py', TINY_EFFICIENTFORMER_CONFIG,
-        ['--format', 'torch-export', '--shape', '128', '160', '--dynamic', '--fuse'], 4),
-    'dynamicvit-onnx-with-neck': (
-        'configs/dynamicvit/mask-rcnn_dynamicvit-deit-s-r0.7_fpn_1x_coco.py',
+        ['--format', 'torch-export', '--shape', '128', '160', '--dynamic', '--fuse', '--with-neck'], 4),
+    'dynamicvit-segmentor-onnx': (
+        'configs/dynamicvit/fpn_dynamicvit-deit-s-r0.7_4xb4-160k_ade20k-512x512.py',
         f'model = dict({TINY_DYNAMIC_VIT}, neck=dict(in_channels=[12, 24, 48, 48]))',
-        ['--format', 'onnx', '--shape', '96', '128', '--with-neck'], 5),
+        ['--format', 'onnx', '--shape', '96', '128', '--whole-model'], 1),
 }
 
 
@@ -240,9 +241,12 @@ def test_export_tool_exports_and_checks_one_config_per_family(run, tmp_path, cap
      'EfficientFormer, EfficientFormerV2, DynamicViT'),
     ('configs/demo/mask-rcnn_sparsevit-swin-mini_demo-shapes.py', '', ['--fuse'],
      '--fuse folds the BatchNorms of EfficientFormer / EfficientFormerV2; the backbone is SparseViTSwin'),
+    ('configs/demo/mask-rcnn_sparsevit-swin-mini_demo-shapes.py', '', ['--dynamic'],
+     'SparseViTSwin exports at static sizes only'),
     ('configs/dynamicvit/mask-rcnn_dynamicvit-deit-s-r0.7_fpn_1x_coco.py', f'model = dict({TINY_DYNAMIC_VIT})',
-     ['--dynamic'],
-     'export at a static size, one file per size'),
+     ['--dynamic'], 'DynamicViT exports at static sizes only'),
+    ('configs/demo/mask-rcnn_sparsevit-swin-mini_demo-shapes.py', '', ['--whole-model'],
+     '--whole-model exports mmseg EncoderDecoder segmentors (backbone, neck, decode head), got MaskRCNN'),
     ('configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py', TINY_EFFICIENTFORMER_CONFIG,
      ['--pruning-ratios', '0.5'], '--pruning-ratios needs a window-sparse backbone'),
 ])

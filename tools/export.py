@@ -1,10 +1,12 @@
-"""Export a config's backbone (or backbone + neck) to ONNX or torch.export, then check the exported file.
+"""Export a config's backbone (or backbone + neck, or a whole segmentor) to ONNX or torch.export, then check it.
 
     python tools/export.py CONFIG [CHECKPOINT] --format onnx --shape 672 672 --out work_dirs/backbone.onnx
     python tools/export.py configs/sparsevit/mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py \\
         --format onnx --shape 672 672 --pruning-ratios cfg2 --with-neck --out work_dirs/sparsevit_cfg2_fpn.onnx
     python tools/export.py configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py \\
         --format torch-export --shape 512 512 --dynamic --fuse --out work_dirs/efficientformer_l1.pt2
+    python tools/export.py configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py \\
+        --format onnx --shape 512 512 --whole-model --fuse --out work_dirs/fpn_efficientformer_l1.onnx
 
 The file is then loaded and run (ONNX: in ONNX Runtime on the CPU) on the input used at
 export and on a second random input (of --check-shape with --dynamic), and its largest
@@ -14,9 +16,10 @@ output. Above --rtol the tool ends with an error. Weights are random without CHE
 SparseViT-Swin exports with the window selection in the graph (a TopK over window
 scores), so another input selects other windows, as in PyTorch; the number of windows
 each block keeps is fixed by --shape and the pruning ratios. --dynamic exports height and
-width as variables where the exporter can keep them so (EfficientFormer/V2); where the
-traced model depends on the size in Python (SparseViT's window counts, DynamicViT's
-token counts), the check at --check-shape fails and the tool says to export at a static size.
+width as variables (sides 64 to 4096) where the trace allows it (EfficientFormer/V2);
+SparseViT-Swin and DynamicViT keep Python counts of the input size (windows, tokens) and
+export at static sizes only: one file per size. --whole-model exports an mmseg segmentor
+to its logits; detectors export their backbone (and neck): see docs/deploy.md for why.
 """
 import argparse
 import functools
@@ -35,6 +38,7 @@ from plugin.deploy import (
     feature_extractor,
     load_runner,
     save,
+    segmentor_logits,
     trace,
 )
 from plugin.models.backbones import EfficientFormer, EfficientFormerV2
@@ -54,7 +58,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
                         default=None, help='SparseViT ratios instead of the config\'s: JSON, e.g. 0.5 or '
                         '[[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]], or cfg1/cfg2/cfg3 (the paper\'s)')
-    parser.add_argument('--with-neck', action='store_true', help='export backbone + neck (the heads\' input)')
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument('--with-neck', action='store_true', help='export backbone + neck (the heads\' input)')
+    part.add_argument('--whole-model', action='store_true',
+                      help='export an mmseg segmentor whole: backbone, neck and decode head, to its logits')
     parser.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (EfficientFormer/V2)')
     parser.add_argument('--dynamic', action='store_true', help='height and width as variables of the graph')
     parser.add_argument('--check-shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
@@ -83,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     model = build_model(Config.fromfile(args.config), args.checkpoint, 'cpu')
     if args.pruning_ratios is not None:
         find_sparse_backbone(model, '--pruning-ratios').set_pruning_ratios(args.pruning_ratios)
-    extractor = feature_extractor(model, args.with_neck)
+    extractor = segmentor_logits(model) if args.whole_model else feature_extractor(model, args.with_neck)
     if args.fuse:
         if not isinstance(extractor.backbone, (EfficientFormer, EfficientFormerV2)):
             raise ValueError(f'--fuse folds the BatchNorms of EfficientFormer / EfficientFormerV2; the backbone is '
@@ -98,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     path = save(program, args.format, Path(args.out))
     rows = compare_with_pytorch(load_runner(path, args.format), extractor, [example, second])
     rows[0]['input'] += ' (export input)'
-    what = 'backbone + neck' if args.with_neck else 'backbone'
+    what = 'segmentor (logits)' if args.whole_model else 'backbone + neck' if args.with_neck else 'backbone'
     print(f'# {type(extractor.backbone).__name__} {what} -> {path} ({args.format}, '
           f'{"dynamic" if args.dynamic else "static"} size, exported at {args.shape[0]}x{args.shape[1]}), '
           f'torch {torch.__version__}')

@@ -2,9 +2,11 @@
 from .export import (
     EXPORTABLE_BACKBONES,
     FORMATS,
+    STATIC_SIZE_ONLY,
     SUFFIXES,
     ExportError,
     FeatureExtractor,
+    SegmentorLogits,
     check_any_size,
     compare_with_pytorch,
     feature_extractor,
@@ -12,9 +14,10 @@ from .export import (
     onnxruntime_session,
     relative_differences,
     save,
+    segmentor_logits,
     trace,
 )
 
-__all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'SUFFIXES', 'ExportError', 'FeatureExtractor', 'check_any_size',
-           'compare_with_pytorch',
-           'feature_extractor', 'load_runner', 'onnxruntime_session', 'relative_differences', 'save', 'trace']
+__all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'STATIC_SIZE_ONLY', 'SUFFIXES', 'ExportError', 'FeatureExtractor',
+           'SegmentorLogits', 'check_any_size', 'compare_with_pytorch', 'feature_extractor', 'load_runner',
+           'onnxruntime_session', 'relative_differences', 'save', 'segmentor_logits', 'trace']

@@ -10,7 +10,7 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -43,8 +43,23 @@ class FeatureExtractor(nn.Module):
         return tuple(features if self.neck is None else self.neck(features))
 
 
-def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtractor:
-    """The backbone (and with ``with_neck`` the neck) of an mmdet/mmseg/mmdet3d model, in eval mode."""
+class SegmentorLogits(nn.Module):
+    """An mmseg ``EncoderDecoder``'s tensor forward: backbone, neck and decode head, the per-class logits at the
+    decode head's stride (before mmseg resizes them to the image and takes the arg-max)."""
+
+    def __init__(self, segmentor: nn.Module) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.segmentor.backbone
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor]:
+        return (self.segmentor._forward(image), )
+
+
+def _check_backbone(model: nn.Module) -> None:
     backbone = getattr(model, 'backbone', None)
     if isinstance(backbone, EfficientFormerSupernet):
         raise TypeError('EfficientFormerSupernet is a training-time supernet: slim it first (tools/slim.py) and '
@@ -53,14 +68,41 @@ def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtra
         names = ', '.join(cls.__name__ for cls in EXPORTABLE_BACKBONES)
         raise TypeError(f'the model\'s backbone is {type(backbone).__name__}; exporting supports this project\'s '
                         f'backbones: {names}')
+
+
+def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtractor:
+    """The backbone (and with ``with_neck`` the neck) of an mmdet/mmseg/mmdet3d model, in eval mode."""
+    _check_backbone(model)
     neck = None
     if with_neck:
         neck = getattr(model, 'neck', None)
         if not isinstance(neck, nn.Module):
             raise ValueError(f'--with-neck: {type(model).__name__} has no neck')
-    return FeatureExtractor(backbone, neck).eval()
+    return FeatureExtractor(model.backbone, neck).eval()
 
 
+def segmentor_logits(model: nn.Module) -> SegmentorLogits:
+    """The whole network of an mmseg ``EncoderDecoder`` (see :class:`SegmentorLogits`), in eval mode.
+
+    Detectors are refused: mmdet's Mask R-CNN turns RPN scores into a data-dependent number of proposals
+    (NMS) and crops them with mmcv's RoIAlign, in Python loops over images and data samples.
+    """
+    from mmseg.models.segmentors import EncoderDecoder
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f'--whole-model exports mmseg EncoderDecoder segmentors (backbone, neck, decode head), got '
+                        f'{type(model).__name__}: a detector\'s post-processing (proposal NMS, RoIAlign, per-image '
+                        f'data samples) does not export; export the backbone, optionally --with-neck')
+    _check_backbone(model)
+    return SegmentorLogits(model).eval()
+
+
+# Backbones whose trace depends on the input size in Python, so that only static-size exports hold.
+STATIC_SIZE_ONLY = {
+    SparseViTSwin: 'the windows each block keeps, floor((1 - ratio) x windows), and whether a stage pads its map '
+                   'are Python integers of the input size',
+    DynamicViT: 'the tokens each pruning location keeps, int(keep ratio x tokens), are Python integers of the '
+                'input size',
+}
 # Sides a dynamic-size export accepts. From 64 on, every stride-32 map has more than one row and column, which
 # the traced broadcasting assumes; named dims make torch.export fail, not specialise, where a model needs more.
 DYNAMIC_SIDE_RANGE = (64, 4096)
@@ -91,11 +133,16 @@ def _quiet_exporter():
         yield
 
 
-def trace(extractor: FeatureExtractor, example: torch.Tensor,
+def trace(extractor: Union[FeatureExtractor, SegmentorLogits], example: torch.Tensor,
           dynamic_size: bool = False) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``extractor`` on ``example`` in inference mode; ``dynamic_size`` lets height
     and width vary (the program then checks at run time the conditions its trace assumed)."""
     extractor.eval()
+    static_only = next((reason for cls, reason in STATIC_SIZE_ONLY.items() if isinstance(extractor.backbone, cls)),
+                       None)
+    if dynamic_size and static_only:
+        raise ValueError(f'{type(extractor.backbone).__name__} exports at static sizes only ({static_only}, which '
+                         f'torch.export would fix to the export size): export one file per input size')
     shapes = dynamic_size_shapes() if dynamic_size else None
     if dynamic_size and not all(DYNAMIC_SIDE_RANGE[0] <= side <= DYNAMIC_SIDE_RANGE[1] for side in example.shape[2:]):
         raise ValueError(f'a dynamic-size export takes sides in {list(DYNAMIC_SIDE_RANGE)}, and so must the example '
@@ -199,7 +246,7 @@ def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[t
     return differences
 
 
-def compare_with_pytorch(run: Runner, extractor: FeatureExtractor,
+def compare_with_pytorch(run: Runner, extractor: nn.Module,
                          images: Sequence[torch.Tensor]) -> List[Dict[str, object]]:
     """Run the exported model and ``extractor`` on each image batch: per batch its size, the number of outputs,
     the largest absolute and the largest relative difference (see :func:`relative_differences`)."""

@@ -66,11 +66,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--dynamic', action='store_true', help='height and width as variables of the graph')
     parser.add_argument('--check-shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
                         help='size of the second check input (default: --shape, with --dynamic --shape + (37, 61))')
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the exported graph (fixed)')
     parser.add_argument('--rtol', type=float, default=1e-4, help='largest relative difference accepted')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and inputs')
     args = parser.parse_args(argv)
-    if min(args.shape) < 1 or (args.check_shape and min(args.check_shape) < 1):
-        parser.error(f'--shape and --check-shape need positive sides, got {args.shape} and {args.check_shape}')
+    if min(args.shape) < 1 or (args.check_shape and min(args.check_shape) < 1) or args.batch < 1:
+        parser.error(f'--shape and --check-shape need positive sides and --batch a positive size, got {args.shape}, '
+                     f'{args.check_shape} and {args.batch}')
     suffix = SUFFIXES[args.format]
     if Path(args.out).suffix != suffix:
         parser.error(f'--out of --format {args.format} must end in {suffix}, got {args.out}')
@@ -97,9 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                              f'{type(extractor.backbone).__name__}')
         extractor.backbone.fuse()
 
-    example = torch.randn(1, 3, *args.shape)
+    example = torch.randn(args.batch, 3, *args.shape)
     program = trace(extractor, example, dynamic_size=args.dynamic)
-    second = torch.randn(1, 3, *check_shape(args))
+    second = torch.randn(args.batch, 3, *check_shape(args))
     if args.dynamic:
         check_any_size(program, second)
     path = save(program, args.format, Path(args.out))
@@ -107,7 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     rows[0]['input'] += ' (export input)'
     what = 'segmentor (logits)' if args.whole_model else 'backbone + neck' if args.with_neck else 'backbone'
     print(f'# {type(extractor.backbone).__name__} {what} -> {path} ({args.format}, '
-          f'{"dynamic" if args.dynamic else "static"} size, exported at {args.shape[0]}x{args.shape[1]}), '
+          f'{"dynamic" if args.dynamic else "static"} size, exported at batch {args.batch}, '
+          f'{args.shape[0]}x{args.shape[1]}), '
           f'torch {torch.__version__}')
     print(markdown_table(rows))
     worst = max(row['max relative diff'] for row in rows)

@@ -1,4 +1,5 @@
-"""Exporting a backbone (optionally with its neck) to ONNX or torch.export, and running the exported file.
+"""Exporting a backbone (optionally with its neck, or a whole segmentor) to ONNX or torch.export, and running
+the exported file.
 
 Both formats start from one ``torch.export`` trace in inference mode (eval, no gradient);
 ``torch.onnx.export`` translates that program to ONNX (its default, dynamo-based exporter).
@@ -56,7 +57,7 @@ class SegmentorLogits(nn.Module):
         return self.segmentor.backbone
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor]:
-        return (self.segmentor._forward(image), )
+        return (self.segmentor(image, mode='tensor'), )
 
 
 def _check_backbone(model: nn.Module) -> None:

@@ -36,8 +36,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.device = torch.device(args.device)
     suite = importlib.import_module(f'plugin.benchmarks.{args.suite}')
 
+    rows = suite.run(args)
+    # After the run: a suite may set the thread count that device_name reports.
     print(f'# {args.suite} on {device_name(args.device)}, torch {torch.__version__}')
-    print(markdown_table(suite.run(args)))
+    print(markdown_table(rows))
 
 
 if __name__ == '__main__':

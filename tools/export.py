@@ -51,8 +51,8 @@ from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config', help='an mmdet / mmseg / mmdet3d config whose backbone is one of this project\'s')
-    parser.add_argument('checkpoint', nargs='?', default=None, help='weights of the whole model (default: random)')
-    parser.add_argument('--format', choices=sorted(SUFFIXES), default='onnx')
+    parser.add_argument('checkpoint', nargs='?', default=None, help='weights of the whole model (random without)')
+    parser.add_argument('--format', choices=sorted(SUFFIXES), default='onnx', help='what to write')
     parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='input size at export')
     parser.add_argument('--out', required=True, help=f'file to write ({", ".join(SUFFIXES.values())} by format)')
     parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
@@ -65,7 +65,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (EfficientFormer/V2)')
     parser.add_argument('--dynamic', action='store_true', help='height and width as variables of the graph')
     parser.add_argument('--check-shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
-                        help='size of the second check input (default: --shape, with --dynamic --shape + (37, 61))')
+                        help='size of the second check input; without it --shape, or with --dynamic --shape + (37, 61)')
     parser.add_argument('--batch', type=int, default=1, help='batch size of the exported graph (fixed)')
     parser.add_argument('--rtol', type=float, default=1e-4, help='largest relative difference accepted')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and inputs')

@@ -78,10 +78,15 @@ pip_install numba trimesh pyquaternion shapely plyfile || fail "mmdet3d's runtim
 pip_install --no-deps nuscenes-devkit lyft_dataset_sdk || fail "nuScenes/Lyft SDKs"
 pip_install pandas scikit-learn cachetools || fail "the SDKs' runtime imports"
 
+# torch.onnx.export's default (dynamo) exporter writes through onnxscript; tools/export.py checks in ONNX Runtime.
+step "ONNX export and runtime (CPU builds): onnx, onnxscript, onnxruntime"
+pip_install onnx onnxscript onnx_ir onnxruntime || fail "onnx/onnxruntime install"
+
 step "this project (editable)"
 pip_install --no-deps --no-build-isolation -e "$ROOT" || fail "pip install -e ."
 
-"$PY" -c "import torch, mmcv, mmdet, mmseg, mmengine, timm, mmdet3d.evaluation; import mmcv.ops" || fail "final import check"
+"$PY" -c "import torch, mmcv, mmdet, mmseg, mmengine, timm, mmdet3d.evaluation, onnx, onnxscript, onnxruntime; import mmcv.ops" \
+    || fail "final import check"
 rm -f "$VENV"/.effidense-*
 touch "$STAMP"
 step "done: $VENV"

@@ -13,7 +13,7 @@ the latency after Conv-BN folding (``fuse()``), the deployment form.
 """
 import argparse
 import copy
-import statistics
+import functools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import timm
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..models.backbones import EfficientFormer, EfficientFormerV2
 from ..models.backbones.efficientformer_convert import convert_efficientformer_keys, convert_efficientformerv2_keys
-from ..utils import count_macs, median_latency_ms
+from ..utils import alternating_latency_ms, count_macs
 from ..utils.cli import image_size
 
 ARCHS = ['l1', 'l3', 'l7', 's0', 's1', 's2', 'l']
@@ -84,17 +84,10 @@ def prepare(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], 
 
 
 def paired_latency_ms(models: List[nn.Module], x: torch.Tensor, args: argparse.Namespace) -> List[float]:
-    """Median latency of each model, timed in alternation (each round starting one model
-    later) so that changes of the machine's load hit all of them alike."""
+    """Median latency of each model, timed in alternation (see ``alternating_latency_ms``)."""
     runs = [prepare(model, args.device) for model in models]
-    for run_model in runs:
-        median_latency_ms(lambda: run_model(x), args.device, args.warmup, 1)  # warm-up only
-    times = [[] for _ in runs]
-    for round_index in range(args.repeats):
-        for i in range(len(runs)):
-            k = (round_index + i) % len(runs)
-            times[k].append(median_latency_ms(lambda: runs[k](x), args.device, 0, 1))
-    return [statistics.median(model_times) for model_times in times]
+    return alternating_latency_ms([functools.partial(run_model, x) for run_model in runs], args.device,
+                                  args.warmup, args.repeats)
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:

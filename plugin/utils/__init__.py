@@ -1,4 +1,5 @@
-from .profiling import capture_cuda_graph, count_macs, device_name, median_latency_ms
+from .profiling import alternating_latency_ms, capture_cuda_graph, count_macs, device_name, median_latency_ms
 from .tables import markdown_table
 
-__all__ = ['capture_cuda_graph', 'count_macs', 'device_name', 'markdown_table', 'median_latency_ms']
+__all__ = ['alternating_latency_ms', 'capture_cuda_graph', 'count_macs', 'device_name', 'markdown_table',
+           'median_latency_ms']

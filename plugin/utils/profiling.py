@@ -3,7 +3,7 @@ import math
 import platform
 import statistics
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -83,6 +83,20 @@ def median_latency_ms(fn: Callable[[], Any],
             _synchronize(device)
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def alternating_latency_ms(fns: Sequence[Callable[[], Any]], device: torch.device | str = 'cpu', warmup: int = 3,
+                           repeats: int = 10) -> List[float]:
+    """Median latency of each of ``fns``, timed in alternation (each round starting one callable later) so that
+    changes of the machine's load hit all of them alike."""
+    for fn in fns:
+        median_latency_ms(fn, device, warmup, 1)  # warm-up only
+    times: List[List[float]] = [[] for _ in fns]
+    for round_index in range(repeats):
+        for i in range(len(fns)):
+            k = (round_index + i) % len(fns)
+            times[k].append(median_latency_ms(fns[k], device, 0, 1))
+    return [statistics.median(fn_times) for fn_times in times]
 
 
 def capture_cuda_graph(forward: Callable[[], Any], warmup: int = 3) -> Tuple['torch.cuda.CUDAGraph', Any]:

@@ -47,6 +47,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..utils.arch import resolve_arch
 from ..utils.blocks import freeze, run_block
 from ..utils.checkpoint import PretrainedInitMixin, StateDict
+from ..utils.export_mode import group_norm_by_channel_means, is_exporting
 from .efficientformer_convert import convert_efficientformer_keys
 
 BIAS_MODES = ('official_dense', 'geometric')
@@ -106,8 +107,9 @@ class RelativeBiasAttention(BaseModule):
 
     def attention_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
         """``(num_heads, Nq, Nk)`` bias for queries on ``query_hw`` and keys on ``key_hw``."""
-        # Inference reuses the bias of the last input size; training needs its graph.
-        reuse = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing())
+        # Inference reuses the bias of the last input size; training needs its graph, and an export would
+        # bake a cached bias into its graph as a constant (or cache a traced stand-in).
+        reuse = not (self.training or torch.is_grad_enabled() or is_exporting())
         size_key = (tuple(query_hw), tuple(key_hw))
         if reuse and self._cached_bias is not None and self._cached_bias[0] == size_key:
             return self._cached_bias[1]
@@ -127,7 +129,8 @@ class RelativeBiasAttention(BaseModule):
     def _geometric_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
         side = self.table_side
         table = self.attention_biases.view(1, self.num_heads, side, side)
-        if tuple(key_hw) != (side, side):
+        # An export resamples at every size (at the table's own size an identity), so that the size stays a variable.
+        if is_exporting() or tuple(key_hw) != (side, side):
             # Corners aligned: offset 0 (a token and itself) and the largest offset keep their values.
             table = F.interpolate(table, size=tuple(key_hw), mode='bicubic', align_corners=True)
         index = relative_offset_index(query_hw, key_hw, self.query_stride, key_hw[1], table.device)
@@ -299,7 +302,9 @@ class EfficientFormerBase(PretrainedInitMixin, BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                norm = getattr(self, f'norm{i}')
+                exportable = is_exporting() and isinstance(norm, nn.GroupNorm)
+                outs.append(group_norm_by_channel_means(norm, x) if exportable else norm(x))
         return tuple(outs)
 
     def train(self, mode: bool = True) -> 'EfficientFormerBase':

@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..utils.arch import resolve_arch
 from ..utils.blocks import freeze, run_block
 from ..utils.checkpoint import PretrainedInitMixin, StateDict, select_prefix
+from ..utils.export_mode import is_exporting
 from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss, nested_keep_decisions, sample_logistic_noise
 from ..utils.window_ops import (
@@ -147,7 +148,12 @@ class WindowMSA(BaseModule):
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=self.attention_mask(shift_mask, num_windows, q.dtype),
                 dropout_p=self.attn_drop_rate if self.training else 0., scale=self.scale)
-        x = x.transpose(1, 2).reshape(num_windows, tokens, channels)
+        x = x.transpose(1, 2)
+        if is_exporting():
+            # With grad enabled, torch.onnx decomposes SDPA into a contiguous result where the trace saw the fused
+            # kernel's transposed one, so the view recorded for the reshape would fail: an explicit copy (Identity).
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.reshape(num_windows, tokens, channels)
         return self.proj_drop(self.proj(x))
 
 
@@ -693,8 +699,10 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
                 outs.append(out.view(-1, *out_hw_shape, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
         if not torch.compiler.is_compiling():
             self._warn_on_empty_blocks(kept_windows, stage_shapes)
-        # Kept for visualisation: per stage and block, the (B, k) windows that ran (None: all).
-        self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
+        if not is_exporting():
+            # Kept for visualisation: per stage and block, the (B, k) windows that ran (None: all). An export
+            # would leave its traced stand-ins here.
+            self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
         return outs
 
     def _warn_on_empty_blocks(self, kept_windows: List[List[Optional[torch.Tensor]]],

@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from .export_mode import is_exporting
+
 # The value mmdet's and the original Swin's shifted-window attention add between
 # tokens of different regions; kept so that outputs match them.
 SHIFT_MASK_VALUE = -100.0
@@ -40,7 +42,8 @@ class WindowGrid(NamedTuple):
 def padded_shape(hw_shape: Tuple[int, int], window_size: int) -> Tuple[int, int]:
     """Height and width rounded up to multiples of the window size."""
     H, W = hw_shape
-    return -(-H // window_size) * window_size, -(-W // window_size) * window_size
+    # Positive operands: the TorchScript ONNX exporter folds floor division of a negative value as truncation.
+    return (H + window_size - 1) // window_size * window_size, (W + window_size - 1) // window_size * window_size
 
 
 def _partition(grid: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -111,14 +114,17 @@ def batched_token_positions(window_tokens: torch.Tensor, tokens_per_image: int) 
 
 
 def _word_view(rows: torch.Tensor) -> Optional[torch.Tensor]:
-    """``rows`` ``(R, C)`` reinterpreted as 8-byte words, when that is exact and no gradient is needed.
+    """``rows`` ``(R, C)`` reinterpreted as 8-byte words, when that is exact, no gradient is needed and
+    the model is not being exported.
 
     Index kernels move one element per thread: moving a 96-channel fp16 row as 24
     words instead of 96 halves is 2x faster on a GPU. ``view(dtype)`` has no
-    gradient, so training keeps the element-wise path.
+    gradient, so training keeps the element-wise path; ONNX has no bit-reinterpreting
+    operator, so an exported graph keeps it too.
     """
     row_bytes = rows.shape[1] * rows.element_size()
-    if rows.requires_grad and torch.is_grad_enabled() or row_bytes % 8 or not rows.is_contiguous():
+    if rows.requires_grad and torch.is_grad_enabled() or row_bytes % 8 or not rows.is_contiguous() \
+            or is_exporting():
         return None
     return rows.view(torch.int64)
 

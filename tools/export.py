@@ -1,0 +1,125 @@
+"""Export a config's backbone (or backbone + neck, or a whole segmentor) to ONNX or torch.export, then check it.
+
+    python tools/export.py CONFIG [CHECKPOINT] --format onnx --shape 672 672 --out work_dirs/backbone.onnx
+    python tools/export.py configs/sparsevit/mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py \\
+        --format onnx --shape 672 672 --pruning-ratios cfg2 --with-neck --out work_dirs/sparsevit_cfg2_fpn.onnx
+    python tools/export.py configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py \\
+        --format torch-export --shape 512 512 --dynamic --fuse --out work_dirs/efficientformer_l1.pt2
+    python tools/export.py configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py \\
+        --format onnx --shape 512 512 --whole-model --fuse --out work_dirs/fpn_efficientformer_l1.onnx
+
+The file is then loaded and run (ONNX: in ONNX Runtime on the CPU) on the input used at
+export and on a second random input (of --check-shape with --dynamic), and its largest
+difference to PyTorch is printed; relative = max |diff| / max |PyTorch output|, per
+output. Above --rtol the tool ends with an error. Weights are random without CHECKPOINT.
+
+SparseViT-Swin exports with the window selection in the graph (a TopK over window
+scores), so another input selects other windows, as in PyTorch; the number of windows
+each block keeps is fixed by --shape and the pruning ratios. --dynamic exports height and
+width as variables (sides 64 to 4096) where the trace allows it (EfficientFormer/V2);
+SparseViT-Swin and DynamicViT keep Python counts of the input size (windows, tokens) and
+export at static sizes only: one file per size. --whole-model exports an mmseg segmentor
+to its logits; detectors export their backbone (and neck): see docs/deploy.md for why.
+"""
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from mmengine.config import Config
+
+from plugin.deploy import (
+    SUFFIXES,
+    ExportError,
+    check_any_size,
+    compare_with_pytorch,
+    feature_extractor,
+    load_runner,
+    save,
+    segmentor_logits,
+    trace,
+)
+from plugin.models.backbones import EfficientFormer, EfficientFormerV2
+from plugin.models.utils.sparsity import find_sparse_backbone, paper_pruning_ratios
+from plugin.search.evaluation import build_model
+from plugin.utils import markdown_table
+from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument('config', help='an mmdet / mmseg / mmdet3d config whose backbone is one of this project\'s')
+    parser.add_argument('checkpoint', nargs='?', default=None, help='weights of the whole model (random without)')
+    parser.add_argument('--format', choices=sorted(SUFFIXES), default='onnx', help='what to write')
+    parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='input size at export')
+    parser.add_argument('--out', required=True, help=f'file to write ({", ".join(SUFFIXES.values())} by format)')
+    parser.add_argument('--pruning-ratios', type=functools.partial(pruning_ratios, named=paper_pruning_ratios),
+                        default=None, help='SparseViT ratios instead of the config\'s: JSON, e.g. 0.5 or '
+                        '[[0.3,0.3],[0,0],[0.1,0.1,0.2,0.2,0.2,0.2],[0,0]], or cfg1/cfg2/cfg3 (the paper\'s)')
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument('--with-neck', action='store_true', help='export backbone + neck (the heads\' input)')
+    part.add_argument('--whole-model', action='store_true',
+                      help='export an mmseg segmentor whole: backbone, neck and decode head, to its logits')
+    parser.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (EfficientFormer/V2)')
+    parser.add_argument('--dynamic', action='store_true', help='height and width as variables of the graph')
+    parser.add_argument('--check-shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='size of the second check input; without it --shape, or with --dynamic --shape + (37, 61)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the exported graph (fixed)')
+    parser.add_argument('--rtol', type=float, default=1e-4, help='largest relative difference accepted')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and inputs')
+    args = parser.parse_args(argv)
+    if min(args.shape) < 1 or (args.check_shape and min(args.check_shape) < 1) or args.batch < 1:
+        parser.error(f'--shape and --check-shape need positive sides and --batch a positive size, got {args.shape}, '
+                     f'{args.check_shape} and {args.batch}')
+    suffix = SUFFIXES[args.format]
+    if Path(args.out).suffix != suffix:
+        parser.error(f'--out of --format {args.format} must end in {suffix}, got {args.out}')
+    return args
+
+
+def check_shape(args: argparse.Namespace) -> List[int]:
+    if args.check_shape:
+        return args.check_shape
+    # Odd offsets: a second size that pads differently wherever a model pads.
+    return [args.shape[0] + 37, args.shape[1] + 61] if args.dynamic else list(args.shape)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = build_model(Config.fromfile(args.config), args.checkpoint, 'cpu')
+    if args.pruning_ratios is not None:
+        find_sparse_backbone(model, '--pruning-ratios').set_pruning_ratios(args.pruning_ratios)
+    extractor = segmentor_logits(model) if args.whole_model else feature_extractor(model, args.with_neck)
+    if args.fuse:
+        if not isinstance(extractor.backbone, (EfficientFormer, EfficientFormerV2)):
+            raise ValueError(f'--fuse folds the BatchNorms of EfficientFormer / EfficientFormerV2; the backbone is '
+                             f'{type(extractor.backbone).__name__}')
+        extractor.backbone.fuse()
+
+    example = torch.randn(args.batch, 3, *args.shape)
+    program = trace(extractor, example, dynamic_size=args.dynamic)
+    second = torch.randn(args.batch, 3, *check_shape(args))
+    if args.dynamic:
+        check_any_size(program, second)
+    path = save(program, args.format, Path(args.out))
+    rows = compare_with_pytorch(load_runner(path, args.format), extractor, [example, second])
+    rows[0]['input'] += ' (export input)'
+    what = 'segmentor (logits)' if args.whole_model else 'backbone + neck' if args.with_neck else 'backbone'
+    print(f'# {type(extractor.backbone).__name__} {what} -> {path} ({args.format}, '
+          f'{"dynamic" if args.dynamic else "static"} size, exported at batch {args.batch}, '
+          f'{args.shape[0]}x{args.shape[1]}), '
+          f'torch {torch.__version__}')
+    print(markdown_table(rows))
+    worst = max(row['max relative diff'] for row in rows)
+    if worst > args.rtol:
+        raise ExportError(f'the exported model differs from PyTorch by {worst:.2e} (relative), above --rtol '
+                          f'{args.rtol:g}')
+    print(f'largest relative difference {worst:.2e} <= --rtol {args.rtol:g}')
+    return rows
+
+
+if __name__ == '__main__':
+    sys.exit(run_tool(main))

@@ -46,6 +46,10 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
+# Every test also measures the share of the ground-truth object pixels inside the windows each stage keeps
+# (all of them while the backbone runs dense).
+custom_hooks = [dict(type='ObjectCoverageHook', ground_truth='masks')]
+
 max_iters = 800
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [

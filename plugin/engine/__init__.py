@@ -1,5 +1,5 @@
 """Runner hooks; importing this module registers them."""
-from .hooks import SparsityAwareAdaptationHook
+from .hooks import ObjectCoverageHook, SparsityAwareAdaptationHook
 from .slimming_hook import GumbelTemperatureHook
 
-__all__ = ['GumbelTemperatureHook', 'SparsityAwareAdaptationHook']
+__all__ = ['GumbelTemperatureHook', 'ObjectCoverageHook', 'SparsityAwareAdaptationHook']

@@ -15,7 +15,7 @@ WINDOWS_PER_STAGE = (64, 16, 4)
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_tables_with_coverage_and_pictures(tmp_path):
+def test_quick_demo_writes_tables_with_coverage_and_pictures(tmp_path, one_thread):
     spec = importlib.util.spec_from_file_location('demo', DEMO)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

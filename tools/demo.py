@@ -106,7 +106,7 @@ def backbone_latency(backbone: torch.nn.Module) -> float:
     """Median batch-1 latency in ms at LATENCY_SIZE (the backbone is left in eval mode)."""
     backbone.eval()
     image = torch.randn(1, 3, *LATENCY_SIZE)
-    return median_latency_ms(lambda: backbone(image), warmup=2, repeats=5)
+    return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
 
 
 def _metric(metrics: Dict[str, float], key: str, scale: float = 1.0):

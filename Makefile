@@ -12,5 +12,7 @@ lint: setup
 test: setup
 	$(PY) -m pytest tests
 
+# Passive OpenMP waiting: with torch's default spinning, two threads on two shared cores ran the quick demo
+# 10x slower when other jobs used the cores (docs/demo.md).
 demo: setup
-	$(PY) tools/demo.py
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) tools/demo.py

@@ -1,31 +1,56 @@
-"""The demo end to end, shortened (--quick: tiny data, a few iterations): the table and the pictures appear."""
+"""The demo end to end, shortened (--quick: tiny data, a few iterations): the tables, with the object coverage of
+both window scorers, and the pictures appear."""
 import importlib.util
 import json
 from pathlib import Path
 
+import cv2
 import pytest
 
+from plugin.models.utils.sparsity import num_kept_windows
+
 DEMO = Path(__file__).resolve().parents[1] / 'tools' / 'demo.py'
+# Windows per pruned stage of the demo detector at 160x160: 40x40, 20x20 and 10x10 tokens in 5x5 windows.
+WINDOWS_PER_STAGE = (64, 16, 4)
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_table_and_pictures(tmp_path):
+def test_quick_demo_writes_tables_with_coverage_and_pictures(tmp_path, one_thread):
     spec = importlib.util.spec_from_file_location('demo', DEMO)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     work_dir = tmp_path / 'demo'
-    rows = demo.main(['--quick', '--work-dir', str(work_dir), '--data-dir', str(tmp_path / 'data')])
+    results = demo.main(['--quick', '--work-dir', str(work_dir), '--data-dir', str(tmp_path / 'data')])
 
-    assert json.loads((work_dir / 'results.json').read_text()) == rows
-    table = (work_dir / 'results.md').read_text()
-    detection = [r for r in rows if r['task'] == 'detection' and 'adapted' in r['backbone']]
-    assert [r['pruning ratio'] for r in detection] == list(demo.EVAL_RATIOS)
-    assert all(0 <= r['bbox AP'] <= 1 and 0 <= r['segm AP'] <= 1 and r['speedup'] > 0 for r in detection)
-    assert detection[0]['speedup'] == 1.0
-    segmentation = [r for r in rows if r['task'] == 'segmentation']
+    assert json.loads((work_dir / 'results.json').read_text()) == results
+    assert results['wall_time_s'] > 0 and results['quick'] and results['seed'] == 0
+    detection = results['detection']
+    for model in ('SparseViT-Swin, untrained', 'SparseViT-Swin, dense training'):
+        assert [r['pruning ratio'] for r in detection if r['model'] == model] == list(demo.UNADAPTED_RATIOS)
+    for scorer in demo.SCORER_CONFIGS:
+        adapted = [r for r in detection if r['model'] == 'SparseViT-Swin, adapted' and r['scorer'] == scorer]
+        assert [r['pruning ratio'] for r in adapted] == list(demo.EVAL_RATIOS)
+        assert all(r['speedup'] > 0 for r in adapted) and adapted[0]['speedup'] == 1.0
+    for row in detection:
+        assert 0 <= row['bbox AP'] <= 1 and 0 <= row['segm AP'] <= 1
+        for stage, windows in enumerate(WINDOWS_PER_STAGE, start=1):
+            # the windows tile the image, so the kept area is the kept share of the windows
+            kept_share = num_kept_windows(windows, row['pruning ratio']) / windows
+            assert row[f'kept area s{stage}'] == pytest.approx(kept_share)
+            assert 0 <= row[f'coverage s{stage}'] <= 1
+            if row['pruning ratio'] == 0:
+                assert row[f'coverage s{stage}'] == 1
+    segmentation = results['segmentation']
     assert len(segmentation) == 2 and all(0 <= r['mIoU'] <= 1 for r in segmentation)
-    assert table.count('\n') == len(rows) + 2
+
+    table = (work_dir / 'results.md').read_text()
+    assert '| coverage s1 | coverage s2 | coverage s3 | kept area s1 |' in table
+    assert table.count('| SparseViT-Swin, adapted |') == 2 * len(demo.EVAL_RATIOS)
+    assert f'{results["wall_time_s"]:.0f} s' in table
     pictures = sorted(p.name for p in work_dir.glob('*.png'))
     assert pictures == sorted([f'detection_windows_{i}.png' for i in range(demo.NUM_PICTURES)]
                               + [f'segmentation_{i}.png' for i in range(demo.NUM_PICTURES)])
-    assert all((work_dir / name).stat().st_size > 10_000 for name in pictures)
+    assert all((work_dir / name).stat().st_size > 50_000 for name in pictures)
+    # one row per scorer of 3 stage panels and the predictions; image, ground truth and prediction side by side
+    assert cv2.imread(str(work_dir / 'detection_windows_0.png')).shape[:2] == (912, 1536)
+    assert cv2.imread(str(work_dir / 'segmentation_0.png')).shape[:2] == (468, 1152)

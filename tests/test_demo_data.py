@@ -13,12 +13,15 @@ from plugin.demo_data.synthetic import (
     CUBOID_HUE_RANGES,
     KITTI_CLASSES,
     MONO3D_CLASSES,
+    SEMANTIC_CLASSES,
+    SEMANTIC_PALETTE,
     SHAPE_CLASSES,
-    SHAPE_PALETTE,
     make_demo_data,
     render_shape_scene,
     scene_rng,
 )
+
+DEMO_SEG_CONFIG = Path(__file__).resolve().parents[1] / 'configs/demo/fpn_efficientformerv2-s0_demo-shapes.py'
 
 IMAGE_SIZE = (96, 128)
 MONO3D_IMAGE_SIZE = (96, 320)
@@ -92,6 +95,29 @@ def test_shape_scenes_vary_and_occlude() -> None:
     assert len({scene.image.reshape(-1, 3).mean(axis=0).round().tobytes() for scene in scenes}) == len(scenes)
 
 
+def _detail(image: np.ndarray) -> np.ndarray:
+    """Per pixel, the absolute Laplacian of the grey image: how much fine texture is there."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return np.abs(cv2.Laplacian(grey, cv2.CV_64F))
+
+
+def test_objects_carry_texture_and_backgrounds_are_mostly_smooth() -> None:
+    scenes = [render_shape_scene(scene_rng(5, 'coco', 'train', i), 128, 128) for i in range(24)]
+    square = np.ones((5, 5), np.uint8)
+    inside, outside = [], []
+    for scene in scenes:
+        detail = _detail(scene.image)
+        objects = np.any(scene.masks, axis=0).astype(np.uint8)
+        # away from the objects' edges, which are detail of their own
+        inner = np.stack([cv2.erode(m.astype(np.uint8), square) for m in scene.masks]).any(axis=0)
+        background = ~cv2.dilate(objects, square).astype(bool)
+        inside.append(np.median(detail[inner]))
+        outside.append(np.median(detail[background]))
+    # the typical object pixel has several times the fine detail of the typical background pixel
+    assert np.median(inside) > 4 * np.median(outside)
+    assert min(inside) > max(np.median(outside), 1.0)
+
+
 def test_coco_loads_with_mmdet_coco_dataset(demo_root: Path) -> None:
     from mmcv.transforms import LoadImageFromFile
     from mmdet.datasets import CocoDataset
@@ -133,27 +159,34 @@ def test_coco_metric_scores_the_ground_truth_as_perfect(demo_root: Path) -> None
     assert results['coco/bbox_mAP'] == pytest.approx(1.0) and results['coco/segm_mAP'] == pytest.approx(1.0)
 
 
-def test_ade_loads_with_mmseg_dataset(demo_root: Path) -> None:
+def test_ade_loads_with_mmseg_dataset_with_background_as_a_class(demo_root: Path) -> None:
     from mmcv.transforms import LoadImageFromFile
+    from mmengine.config import Config
     from mmseg.datasets import BaseSegDataset
     from mmseg.datasets.transforms import LoadAnnotations, PackSegInputs
 
+    # the demo's segmentation config reads the labels as written, with the same class list and colours
+    demo_cfg = Config.fromfile(str(DEMO_SEG_CONFIG))
+    assert tuple(demo_cfg.metainfo.classes) == SEMANTIC_CLASSES
+    assert [tuple(colour) for colour in demo_cfg.metainfo.palette] == SEMANTIC_PALETTE
+    assert demo_cfg.model.decode_head.num_classes == len(SEMANTIC_CLASSES)
+    assert not demo_cfg.train_dataloader.dataset.reduce_zero_label
     dataset = BaseSegDataset(
         data_root=str(demo_root / 'ade'),
         data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True,
-        metainfo=dict(classes=SHAPE_CLASSES, palette=SHAPE_PALETTE),
-        pipeline=[LoadImageFromFile(), LoadAnnotations(), PackSegInputs()])
+        img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=False,
+        metainfo=dict(classes=SEMANTIC_CLASSES, palette=SEMANTIC_PALETTE),
+        pipeline=[LoadImageFromFile(), LoadAnnotations(reduce_zero_label=False), PackSegInputs()])
     assert len(dataset) == NUM_VAL
     for index in range(len(dataset)):
         raw = cv2.imread(dataset.get_data_info(index)['seg_map_path'], cv2.IMREAD_UNCHANGED)
-        assert raw.shape == IMAGE_SIZE and raw.max() <= len(SHAPE_CLASSES) and (raw == 0).any()
+        assert raw.shape == IMAGE_SIZE and raw.max() < len(SEMANTIC_CLASSES)
         sample = dataset[index]
         assert tuple(sample['inputs'].shape) == (3, *IMAGE_SIZE)
         labels = sample['data_samples'].gt_sem_seg.data.numpy()[0]
-        # reduce_zero_label: background becomes the ignore index, shape k + 1 becomes class k
-        np.testing.assert_array_equal(labels, np.where(raw == 0, 255, raw.astype(np.int64) - 1))
-        assert 0 < (labels < len(SHAPE_CLASSES)).sum()
+        # no pixel is ignored: the background (0) is trained and scored like the shapes (1 to 4)
+        np.testing.assert_array_equal(labels, raw)
+        assert (labels == 0).any() and (labels > 0).any()
 
 
 def test_ade_files_pair_each_image_with_its_labels(demo_root: Path) -> None:

@@ -1,48 +1,75 @@
 """The main job: the whole project on data it makes itself, through the mmdet/mmseg runners.
 
-1. writes the synthetic COCO-style and ADE20K-style datasets (plugin/demo_data/synthetic.py);
-2. trains and evaluates Mask R-CNN with a small SparseViT-Swin (mmdet's runner, CocoMetric);
-3. trains and evaluates Semantic FPN with a small EfficientFormer (mmseg's runner, IoUMetric);
-4. adapts the detector to sparsity (SparsityAwareAdaptationHook) and evaluates it at several
-   pruning ratios, with the backbone's latency and speedup;
-5. prints one table and saves it (results.md, results.json) with pictures of predictions and
-   kept windows, all under --work-dir.
+1. writes the seeded synthetic datasets: textured shapes on out-of-focus photographs, as COCO instances
+   and ADE20K-style labels with a background class (plugin/demo_data/synthetic.py);
+2. trains and evaluates Mask R-CNN with a small SparseViT-Swin, dense (mmdet's runner, CocoMetric);
+3. trains and evaluates Semantic FPN with EfficientFormerV2-S0 (mmseg's runner, IoUMetric);
+4. adapts the detector to sparsity (SparsityAwareAdaptationHook) with the paper's L2 window scorer and
+5. from the same checkpoint, with the same schedule, with the learned window scorer; evaluates both at
+   several pruning ratios: AP, the share of the ground-truth object pixels that lie in the kept windows
+   of each stage (object coverage, ObjectCoverageHook) and the backbone's latency;
+6. writes the tables (results.md, results.json) and pictures under --work-dir.
 
-    python tools/demo.py             # the full demo (`make demo`), about 15 minutes on 2 cores
+Every runner is seeded and runs torch's deterministic algorithms: the same seed gives the same table on
+the same machine with the same number of threads, the latencies aside.
+
+    python tools/demo.py             # the full demo (`make demo`), under 20 minutes on 2 CPU cores
     python tools/demo.py --quick     # a smoke run on tiny data with a few iterations (the tests use it)
 """
 import argparse
 import json
+import os
+import resource
+import sys
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import matplotlib.pyplot as plt
 import mmcv
 import torch
 from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from plugin.demo_data import make_demo_data
 from plugin.utils import markdown_table, median_latency_ms
-from plugin.utils.cli import HelpFormatter
-from plugin.visualization.windows import draw_kept_windows, kept_window_masks, prediction_picture
+from plugin.utils.cli import HelpFormatter, run_tool
+from plugin.visualization import (
+    WindowPictureRow,
+    draw_kept_window_rows,
+    draw_segmentation,
+    kept_window_masks,
+    prediction_picture,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs/demo'
 DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
-SAA_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py'
-SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformer-l1_demo-shapes.py'
+SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformerv2-s0_demo-shapes.py'
+SCORER_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py',
+                  'learned': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_learned-scorer_saa_demo-shapes.py'}
+SEG_MODEL = 'EfficientFormerV2-S0'
 EVAL_RATIOS = (0.0, 0.3, 0.5, 0.7)
 PICTURE_RATIO = 0.5
+# The detector before adaptation is tested dense and at PICTURE_RATIO with the L2 scorer, which it has.
+UNADAPTED_RATIOS = (0.0, PICTURE_RATIO)
+# Predictions drawn in the pictures: Mask R-CNN proposes several classes per object at lower scores.
+PICTURE_SCORE_THRESHOLD = 0.5
 NUM_PICTURES = 3
+IMAGE_SIZE = (160, 160)
+DATA_COUNTS = dict(num_train=300, num_val=50)
+QUICK_DATA_COUNTS = dict(num_train=24, num_val=8)
+QUICK_ITERS = 4
 # Backbone latency is measured at the paper's detection size, where window sparsity pays.
 LATENCY_SIZE = (672, 672)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument('--work-dir', default='work_dirs/demo', help='logs, checkpoints, table and pictures')
+    parser.add_argument('--work-dir', default='work_dirs/demo', help='logs, checkpoints, tables and pictures')
     parser.add_argument('--data-dir', default='data/demo', help='where the synthetic datasets are written')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='seed of the data and of every runner')
     parser.add_argument('--quick', action='store_true',
                         help='tiny data and a few iterations: checks the pipeline, not the accuracy')
     return parser.parse_args(argv)
@@ -54,10 +81,10 @@ def stage_ratios(ratio: float, depths: Sequence[int]) -> List[List[float]]:
 
 
 def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
-    """The config at ``path`` pointed at this run's data and work dir (shortened with --quick)."""
+    """The config at ``path`` pointed at this run's data and work dir, seeded (shortened with --quick)."""
     cfg = Config.fromfile(str(path))
     cfg.work_dir = str(work_dir)
-    cfg.randomness = dict(seed=args.seed)
+    cfg.randomness = dict(seed=args.seed, deterministic=True)
     task = 'coco' if cfg.default_scope == 'mmdet' else 'ade'
     data_root = Path(args.data_dir).resolve() / task
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -65,12 +92,13 @@ def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
     for evaluator in ('val_evaluator', 'test_evaluator'):
         if 'ann_file' in cfg[evaluator]:
             cfg[evaluator].ann_file = str(data_root / 'annotations/instances_val.json')
+    # the demo tests every model itself; the runner's validation at the end of training would repeat that test
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if args.quick:
-        iters = 4
-        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = iters
-        cfg.default_hooks.checkpoint.interval = iters
+        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = QUICK_ITERS
+        cfg.default_hooks.checkpoint.interval = QUICK_ITERS
         cfg.default_hooks.logger.interval = 2
-        cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=iters)]
+        cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=QUICK_ITERS)]
     return cfg
 
 
@@ -78,98 +106,163 @@ def backbone_latency(backbone: torch.nn.Module) -> float:
     """Median batch-1 latency in ms at LATENCY_SIZE (the backbone is left in eval mode)."""
     backbone.eval()
     image = torch.randn(1, 3, *LATENCY_SIZE)
-    return median_latency_ms(lambda: backbone(image), warmup=2, repeats=5)
+    return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
 
 
-def result_row(task: str, backbone: str, ratio, metrics: Dict[str, float], latency=None, speedup=None) -> dict:
-    def metric(key: str, scale: float = 1.0):
-        return float(metrics[key]) / scale if key in metrics else '-'
-
-    return {'task': task, 'backbone': backbone, 'pruning ratio': ratio,
-            'bbox AP': metric('coco/bbox_mAP'), 'segm AP': metric('coco/segm_mAP'), 'mIoU': metric('mIoU', 100),
-            f'backbone ms ({LATENCY_SIZE[0]}px)': '-' if latency is None else latency,
-            'speedup': '-' if speedup is None else speedup}
+def _metric(metrics: Dict[str, float], key: str, scale: float = 1.0):
+    return float(metrics[key]) / scale if key in metrics else '-'
 
 
-def save_pictures(runner: Runner, cfg: Config, out_dir: Path, name: str, with_windows: bool) -> List[Path]:
-    """Predictions on the first validation images, with the kept windows per stage when ``with_windows``."""
-    if cfg.default_scope == 'mmdet':
-        from mmdet.apis import inference_detector as inference
-    else:
-        from mmseg.apis import inference_model as inference
-    model = runner.model
-    model.cfg = cfg
-    dataset = runner.test_dataloader.dataset
-    paths = []
-    for index in range(min(NUM_PICTURES, len(dataset))):
-        image_path = dataset.get_data_info(index)['img_path']
-        with DefaultScope.overwrite_default_scope(cfg.default_scope):
-            sample = inference(model, image_path)
-        image = mmcv.imread(image_path, channel_order='rgb')
-        picture = prediction_picture(cfg.visualizer, dataset.metainfo, image, sample)
-        paths.append(out_dir / f'{name}_{index}.png')
-        if with_windows:
-            panels = kept_window_masks(model.backbone, sample.metainfo['batch_input_shape'])
-            draw_kept_windows(image, panels, sample.metainfo['img_shape'], picture).savefig(paths[-1])
-        else:
-            mmcv.imwrite(picture[..., ::-1], str(paths[-1]))
-    return paths
+def detection_row(model: str, scorer: str, ratio: float, metrics: Dict[str, float], pruned_stages: int,
+                  latency: Optional[float] = None, speedup: Optional[float] = None) -> dict:
+    row = {'model': model, 'scorer': scorer, 'pruning ratio': ratio,
+           'bbox AP': _metric(metrics, 'coco/bbox_mAP'), 'segm AP': _metric(metrics, 'coco/segm_mAP')}
+    for kind, key in (('coverage', 'coverage'), ('kept area', 'kept_area')):
+        row.update({f'{kind} s{stage}': _metric(metrics, f'{key}/stage{stage}')
+                    for stage in range(1, pruned_stages + 1)})
+    row[f'backbone ms ({LATENCY_SIZE[0]}px)'] = '-' if latency is None else latency
+    row['speedup'] = '-' if speedup is None else speedup
+    return row
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
-    args = parse_args(argv)
-    work_dir = Path(args.work_dir).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    counts = dict(num_train=24, num_val=8) if args.quick else dict(num_train=300, num_val=50)
+def segmentation_row(model: str, metrics: Dict[str, float], latency: Optional[float] = None) -> dict:
+    return {'model': model, 'mIoU': _metric(metrics, 'mIoU', 100), 'pixel accuracy': _metric(metrics, 'aAcc', 100),
+            f'backbone ms ({LATENCY_SIZE[0]}px)': '-' if latency is None else latency}
 
-    print('[demo] 1/5 writing the synthetic datasets to', args.data_dir)
-    make_demo_data(args.data_dir, seed=args.seed, image_size=(160, 160), tasks=('coco', 'ade'), **counts)
 
-    print('[demo] 2/5 Mask R-CNN + SparseViT-Swin: evaluate untrained, train, evaluate')
-    det_cfg = demo_config(DET_CONFIG, args, work_dir / 'det')
-    det_runner = Runner.from_cfg(det_cfg)
-    det_untrained = det_runner.test()
-    det_runner.train()
-    det_trained = det_runner.test()
-    det_checkpoint = work_dir / 'det' / f'iter_{det_cfg.train_cfg.max_iters}.pth'
-
-    print('[demo] 3/5 Semantic FPN + EfficientFormer: evaluate untrained, train, evaluate')
-    seg_cfg = demo_config(SEG_CONFIG, args, work_dir / 'seg')
-    seg_runner = Runner.from_cfg(seg_cfg)
-    seg_untrained = seg_runner.test()
-    seg_runner.train()
-    seg_trained = seg_runner.test()
-    seg_latency = backbone_latency(seg_runner.model.backbone)
-
-    print('[demo] 4/5 sparsity-aware adaptation, then evaluation at pruning ratios', EVAL_RATIOS)
-    saa_cfg = demo_config(SAA_CONFIG, args, work_dir / 'saa')
-    saa_cfg.load_from = str(det_checkpoint)
-    saa_runner = Runner.from_cfg(saa_cfg)
-    saa_runner.train()
-    backbone = saa_runner.model.backbone
-    rows = [result_row('detection', 'SparseViT-Swin, untrained', 0.0, det_untrained),
-            result_row('detection', 'SparseViT-Swin, dense training', 0.0, det_trained)]
-    dense_ms = None
-    for ratio in EVAL_RATIOS:
+def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence[float],
+                   with_latency: bool) -> List[dict]:
+    """A detection row per pruning ratio (in every stage but the last), with the backbone's latency and the
+    speedup over the first ratio when ``with_latency``. The backbone's ratios are restored afterwards."""
+    backbone = runner.model.backbone
+    rows, first_ms, ratios_before = [], None, backbone.pruning_ratios
+    for ratio in ratios:
         backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths))
-        metrics = saa_runner.test()
-        latency = backbone_latency(backbone)
-        dense_ms = dense_ms or latency
-        rows.append(result_row('detection', 'SparseViT-Swin, adapted', ratio, metrics, latency, dense_ms / latency))
-    rows += [result_row('segmentation', 'EfficientFormer-L1, untrained', '-', seg_untrained),
-             result_row('segmentation', 'EfficientFormer-L1, trained', '-', seg_trained, seg_latency)]
-
-    print('[demo] 5/5 pictures and results')
-    backbone.set_pruning_ratios(stage_ratios(PICTURE_RATIO, backbone.depths))
-    pictures = save_pictures(saa_runner, saa_cfg, work_dir, 'detection_windows', with_windows=True)
-    pictures += save_pictures(seg_runner, seg_cfg, work_dir, 'segmentation', with_windows=False)
-    table = markdown_table(rows, float_format='.3f')
-    (work_dir / 'results.md').write_text(table + '\n')
-    (work_dir / 'results.json').write_text(json.dumps(rows, indent=1))
-    print(table)
-    print('[demo] pictures:', *map(str, pictures), sep='\n  ')
+        metrics = runner.test()
+        latency = backbone_latency(backbone) if with_latency else None
+        first_ms = first_ms or latency
+        rows.append(detection_row(model, scorer, ratio, metrics, len(backbone.depths) - 1, latency,
+                                  first_ms / latency if with_latency else None))
+    backbone.set_pruning_ratios(ratios_before)
     return rows
 
 
+def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
+                       dense_checkpoint: Path) -> Tuple[Runner, Config, List[dict]]:
+    """Sparsity-aware adaptation from the dense detector with ``scorer``, then a test at every EVAL_RATIOS."""
+    cfg = demo_config(SCORER_CONFIGS[scorer], args, work_dir / f'adapt_{scorer.lower()}')
+    cfg.load_from = str(dense_checkpoint)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner, cfg, evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS, with_latency=True)
+
+
+def evaluated_sample(runner: Runner, index: int):
+    """The RGB image and the model's prediction (ground truth included) for test image ``index``."""
+    data = pseudo_collate([runner.test_dataloader.dataset[index]])
+    runner.model.eval()
+    with torch.no_grad():
+        sample = runner.model.test_step(data)[0]
+    return mmcv.imread(sample.img_path, channel_order='rgb'), sample
+
+
+def detection_pictures(adapted: Dict[str, Tuple[Runner, Config]], out_dir: Path) -> List[Path]:
+    """Per test image, one row per scorer: the kept windows of each pruned stage at PICTURE_RATIO, the
+    ground-truth outlines and object coverage, and the predictions, all on the same image."""
+    paths = []
+    for index in range(min(NUM_PICTURES, len(next(iter(adapted.values()))[0].test_dataloader.dataset))):
+        rows = []
+        for scorer, (runner, cfg) in adapted.items():
+            backbone = runner.model.backbone
+            backbone.set_pruning_ratios(stage_ratios(PICTURE_RATIO, backbone.depths))
+            image, sample = evaluated_sample(runner, index)
+            panels = kept_window_masks(backbone, sample.metainfo['batch_input_shape'])[:len(backbone.depths) - 1]
+            with DefaultScope.overwrite_default_scope(cfg.default_scope):
+                prediction = prediction_picture(cfg.visualizer, runner.test_dataloader.dataset.metainfo, image,
+                                                sample, pred_score_thr=PICTURE_SCORE_THRESHOLD)
+            rows.append(WindowPictureRow(f'{scorer} scorer', panels, prediction))
+        figure = draw_kept_window_rows(
+            image, rows, sample.metainfo['img_shape'], object_masks=sample.gt_instances.masks.to_ndarray(),
+            title=f'Windows kept at pruning ratio {PICTURE_RATIO:g} (pruned ones dimmed; ground-truth objects '
+                  f'outlined; predictions with score >= {PICTURE_SCORE_THRESHOLD:g}), test image {index}')
+        paths.append(out_dir / f'detection_windows_{index}.png')
+        figure.savefig(paths[-1])
+        plt.close(figure)
+    return paths
+
+
+def segmentation_pictures(runner: Runner, out_dir: Path) -> List[Path]:
+    """Per test image: the image, its ground-truth labels and the predicted ones."""
+    metainfo = runner.test_dataloader.dataset.metainfo
+    paths = []
+    for index in range(min(NUM_PICTURES, len(runner.test_dataloader.dataset))):
+        image, sample = evaluated_sample(runner, index)
+        figure = draw_segmentation(image, sample.gt_sem_seg.data[0].numpy(), sample.pred_sem_seg.data[0].numpy(),
+                                   metainfo['classes'], metainfo['palette'],
+                                   title=f'Semantic FPN + {SEG_MODEL}, test image {index}')
+        paths.append(out_dir / f'segmentation_{index}.png')
+        figure.savefig(paths[-1])
+        plt.close(figure)
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
+    work_dir = Path(args.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    print('[demo] 1/6 writing the synthetic datasets to', args.data_dir)
+    make_demo_data(args.data_dir, seed=args.seed, image_size=IMAGE_SIZE, tasks=('coco', 'ade'),
+                   **(QUICK_DATA_COUNTS if args.quick else DATA_COUNTS))
+
+    print('[demo] 2/6 Mask R-CNN + SparseViT-Swin: evaluate untrained, train dense, evaluate')
+    det_cfg = demo_config(DET_CONFIG, args, work_dir / 'det')
+    det_runner = Runner.from_cfg(det_cfg)
+    pruned_stages = len(det_runner.model.backbone.depths) - 1
+    detection = evaluate_at_ratios(det_runner, 'SparseViT-Swin, untrained', 'L2', UNADAPTED_RATIOS, with_latency=False)
+    det_runner.train()
+    detection += evaluate_at_ratios(det_runner, 'SparseViT-Swin, dense training', 'L2', UNADAPTED_RATIOS,
+                                with_latency=False)
+    dense_checkpoint = work_dir / 'det' / f'iter_{det_cfg.train_cfg.max_iters}.pth'
+
+    print(f'[demo] 3/6 Semantic FPN + {SEG_MODEL}: evaluate untrained, train, evaluate')
+    seg_runner = Runner.from_cfg(demo_config(SEG_CONFIG, args, work_dir / 'seg'))
+    segmentation = [segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test())]
+    seg_runner.train()
+    segmentation.append(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test(),
+                                         backbone_latency(seg_runner.model.backbone)))
+
+    adapted = {}
+    for step, scorer in enumerate(SCORER_CONFIGS, start=4):
+        print(f'[demo] {step}/6 sparsity-aware adaptation with the {scorer} window scorer, then evaluation at '
+              f'pruning ratios {EVAL_RATIOS}')
+        runner, cfg, rows = adapt_and_evaluate(scorer, args, work_dir, dense_checkpoint)
+        adapted[scorer] = (runner, cfg)
+        detection += rows
+
+    print('[demo] 6/6 pictures and tables')
+    pictures = detection_pictures(adapted, work_dir) + segmentation_pictures(seg_runner, work_dir)
+    # the data loader workers are children, counted once they have ended
+    cpu_time = sum(usage.ru_utime + usage.ru_stime
+                   for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    results = dict(detection=detection, segmentation=segmentation, seed=args.seed, quick=args.quick,
+                   wall_time_s=round(time.perf_counter() - started, 1),
+                   cpu_time_s=round(cpu_time, 1),
+                   load_average=[round(load_at_start, 2), round(os.getloadavg()[0], 2)])
+    tables = (f'Detection (COCO AP@[0.5:0.95]; coverage / kept area per pruned stage s1-s{pruned_stages}):\n\n'
+              f'{markdown_table(detection, float_format=".3f")}\n\n'
+              f'Segmentation (mIoU and pixel accuracy as fractions):\n\n'
+              f'{markdown_table(segmentation, float_format=".3f")}\n\n'
+              f'Wall time {results["wall_time_s"]:.0f} s, CPU time {results["cpu_time_s"]:.0f} s; '
+              f'1-minute load average {results["load_average"][0]:.2f} at the start, '
+              f'{results["load_average"][1]:.2f} at the end.\n')
+    (work_dir / 'results.md').write_text(tables)
+    (work_dir / 'results.json').write_text(json.dumps(results, indent=1))
+    print(tables)
+    print('[demo] pictures:', *map(str, pictures), sep='\n  ')
+    return results
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

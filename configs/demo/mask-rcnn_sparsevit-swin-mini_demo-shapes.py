@@ -46,7 +46,11 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_iters = 800
+# Every test also measures the share of the ground-truth object pixels inside the windows each stage keeps
+# (all of them while the backbone runs dense).
+custom_hooks = [dict(type='ObjectCoverageHook', ground_truth='masks')]
+
+max_iters = 600
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),

@@ -1,8 +1,10 @@
 # Demo: sparsity-aware adaptation of the demo detector (a new random layer-wise sparsity every
-# iteration), continuing from its dense training (tools/demo.py sets load_from).
+# iteration), continuing from its dense training (tools/demo.py sets load_from). Every test also
+# measures the object coverage of the kept windows, as the dense config's.
 _base_ = './mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 
-custom_hooks = [dict(type='SparsityAwareAdaptationHook', eval_pruning_ratios=0.)]
+custom_hooks = [dict(type='SparsityAwareAdaptationHook', eval_pruning_ratios=0.),
+                dict(type='ObjectCoverageHook', ground_truth='masks')]
 
 max_iters = 200
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)

@@ -4,13 +4,14 @@ Three writers share one idea: every image is drawn from its own random stream
 (seed, task, split, index), so a file depends only on those four numbers and a
 run with the same seed writes the same bytes whatever else it writes.
 
-- ``write_coco``: shapes (``SHAPE_CLASSES``) on textured backgrounds, mmdet ``CocoDataset``
-  layout, one compressed-RLE mask per visible object.
-- ``write_ade``: the same kind of scenes as ADE20K-style label PNGs for mmseg
-  (0 = background, ignored with ``reduce_zero_label=True``; shape ``k`` is ``k + 1``).
+- ``write_coco``: shapes (``SHAPE_CLASSES``) textured with photographs on out-of-focus photographs
+  with a little clutter, mmdet ``CocoDataset`` layout, one compressed-RLE mask per visible object.
+- ``write_ade``: the same kind of scenes as ADE20K-style label PNGs for mmseg: 0 is the background
+  and shape ``k`` is ``k + 1`` (``SEMANTIC_CLASSES``, read with ``reduce_zero_label=False``).
 - ``write_kitti_mono3d``: road scenes with rendered cuboids, mmdet3d 1.4 KITTI info ``.pkl`` files.
 """
 import colorsys
+import functools
 import json
 import math
 import pickle
@@ -24,6 +25,9 @@ from pycocotools import mask as mask_utils
 
 SHAPE_CLASSES = ('circle', 'square', 'triangle', 'star')
 SHAPE_PALETTE = [(230, 25, 75), (0, 130, 200), (60, 180, 75), (255, 200, 0)]
+# The classes of the ADE-style label maps, indexed by label value: the background is a class of its own.
+SEMANTIC_CLASSES = ('background',) + SHAPE_CLASSES
+SEMANTIC_PALETTE = [(50, 50, 50)] + SHAPE_PALETTE
 
 # mmdet3d's KITTI label order: info labels index this tuple, as its converter writes them.
 KITTI_CLASSES = ('Pedestrian', 'Cyclist', 'Car', 'Van', 'Truck', 'Person_sitting', 'Tram', 'Misc')
@@ -38,6 +42,16 @@ SHAPE_SIZE_RANGE = (0.15, 0.45)  # object diameter as a fraction of the shorter 
 MIN_VISIBLE_FRACTION = 0.3  # an object hidden more than this by later ones is dropped
 MIN_VISIBLE_PIXELS_FRACTION = 0.004  # ... and so is one with fewer visible pixels than this share of the image
 MIN_COLOUR_DISTANCE = 90.0  # RGB distance between an object and the background under it
+# scikit-image's bundled photographs (in its wheel, no download), all CC0 or public domain (docs/demo_data.md):
+# backgrounds are blurred colour photos, object textures the detail of texture photos and of portraits.
+BACKGROUND_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
+TEXTURE_PHOTOS = ('brick', 'grass', 'gravel', 'camera', 'chelsea', 'coffee', 'astronaut')
+BACKGROUND_BLUR = (0.03, 0.06)  # Gaussian sigma as a share of the shorter image side: out of focus
+CLUTTER_ITEMS = (1, 4)  # thin strokes or small blobs on each background
+CLUTTER_CONTRAST = (10.0, 35.0)  # their grey-level offset from the background
+TEXTURE_HIGHPASS_SIGMA = 3.0  # pixels: texture detail is what a blur of this size removes
+TEXTURE_CONTRAST = (0.25, 0.4)  # relative brightness spread the texture gives an object
+OBJECT_VALUE_RANGE = (0.5, 0.8)  # HSV value of object colours: room for texture and shading below white
 
 CAMERA_HEIGHT = 1.65  # metres above the road, as KITTI's camera
 FOCAL_TO_WIDTH = 0.8
@@ -115,34 +129,68 @@ def _write_image(path: Path, image_rgb: np.ndarray) -> None:
         raise OSError(f'could not write {path}')
 
 
-def _muted_colour(rng: np.random.Generator) -> np.ndarray:
-    return np.clip(rng.uniform(60, 200) + rng.uniform(-40, 40, 3), 0, 255)
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photographs as float RGB; loaded once, read-only (no download needed)."""
+    from skimage import data
+    photo = getattr(data, name)().astype(np.float64)
+    photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3]
+    photo.flags.writeable = False
+    return photo
 
 
-def _textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A gradient, stripes or smooth blobs between two muted colours, with film grain."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    angle = rng.uniform(0, 2 * np.pi)
-    along = math.cos(angle) * xx + math.sin(angle) * yy
-    kind = rng.integers(3)
-    if kind == 0:
-        blend = (along - along.min()) / max(np.ptp(along), 1.0)
-    elif kind == 1:
-        period = rng.uniform(6, 24)
-        blend = 0.5 + 0.5 * np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi))
-    else:
-        coarse = rng.random((int(rng.integers(3, 8)), int(rng.integers(3, 8))))
-        blend = np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)
-    first, second = _muted_colour(rng), _muted_colour(rng)
-    image = first + blend[..., None] * (second - first)
-    return image + rng.normal(0, 6, (height, width, 1)) + rng.normal(0, 3, (height, width, 3))
+def _photo_crop(rng: np.random.Generator, names: Sequence[str], height: int, width: int,
+                scale_range: tuple[float, float]) -> np.ndarray:
+    """A random crop of a random photo of ``names``, flipped at random, resized to (height, width)."""
+    photo = _photo(names[int(rng.integers(len(names)))])
+    # the crop's shorter side as a share of the photo's: small shares zoom in, large ones show more of it
+    side = rng.uniform(*scale_range) * min(photo.shape[:2]) / min(height, width)
+    crop_h, crop_w = min(photo.shape[0], max(8, round(side * height))), min(photo.shape[1], max(8, round(side * width)))
+    top, left = int(rng.integers(photo.shape[0] - crop_h + 1)), int(rng.integers(photo.shape[1] - crop_w + 1))
+    crop = photo[top:top + crop_h, left:left + crop_w]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(crop), (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _smooth_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A photograph far out of focus (mostly smooth colour), with a little clutter and sensor noise."""
+    side = min(height, width)
+    image = _photo_crop(rng, BACKGROUND_PHOTOS, height, width, (0.4, 1.0))
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(*BACKGROUND_BLUR) * side)
+    # clutter: a few thin strokes and small soft blobs, darker or lighter than what is under them
+    clutter = np.zeros((height, width), np.float64)
+    for _ in range(int(rng.integers(CLUTTER_ITEMS[0], CLUTTER_ITEMS[1] + 1))):
+        amplitude = rng.choice([-1.0, 1.0]) * rng.uniform(*CLUTTER_CONTRAST)
+        if rng.random() < 0.5:
+            start = rng.uniform([0, 0], [width, height])
+            steps = np.cumsum(rng.normal(0, 0.15 * side, (4, 2)), axis=0)
+            points = np.round((start + np.vstack([[0, 0], steps])) * 16).astype(np.int32)
+            cv2.polylines(clutter, [points], False, amplitude, 1, cv2.LINE_AA, shift=4)
+        else:
+            centre = np.round(rng.uniform([0, 0], [width, height]) * 16).astype(np.int32)
+            axes = np.round(rng.uniform(0.01, 0.04, 2) * side * 16).astype(np.int32)
+            cv2.ellipse(clutter, tuple(centre), tuple(axes), rng.uniform(0, 180), 0, 360, amplitude, -1,
+                        cv2.LINE_AA, shift=4)
+    image = image + cv2.GaussianBlur(clutter, (0, 0), 0.7)[..., None]
+    return image + rng.normal(0, 2, (height, width, 3))
+
+
+def _object_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """``(H, W)`` detail of a photographed texture: its luminance minus its local mean, scaled to unit spread."""
+    luminance = _photo_crop(rng, TEXTURE_PHOTOS, height, width, (0.15, 0.5)) @ [0.299, 0.587, 0.114]
+    detail = luminance - cv2.GaussianBlur(luminance, (0, 0), TEXTURE_HIGHPASS_SIGMA)
+    # a robust spread (median absolute deviation), so that one strong edge in the crop leaves the rest textured
+    spread = 1.4826 * float(np.median(np.abs(detail - np.median(detail))))
+    return np.clip(detail / max(spread, 1e-3), -2.5, 2.5)
 
 
 def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
     """A saturated colour far from ``behind``; the farthest of 20 tries if none is far enough."""
     best, best_distance = None, -1.0
     for _ in range(20):
-        colour = 255 * np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)))
+        hsv = rng.random(), rng.uniform(0.55, 1.0), rng.uniform(*OBJECT_VALUE_RANGE)
+        colour = 255 * np.array(colorsys.hsv_to_rgb(*hsv))
         distance = float(np.linalg.norm(colour - behind))
         if distance > best_distance:
             best, best_distance = colour, distance
@@ -198,8 +246,8 @@ def _visible_indices(full_masks: Sequence[np.ndarray], min_fraction: float, min_
 
 
 def render_shape_scene(rng: np.random.Generator, height: int, width: int) -> ShapeScene:
-    """Several shapes painted in turn over a textured background; masks are the visible parts."""
-    image = _textured_background(rng, height, width)
+    """Several textured shapes painted in turn over a smooth background; masks are the visible parts."""
+    image = _smooth_background(rng, height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     side = min(height, width)
     labels, full_masks, fills = [], [], []
@@ -212,10 +260,11 @@ def render_shape_scene(rng: np.random.Generator, height: int, width: int) -> Sha
         if not mask.any():
             continue
         colour = _contrasting_colour(rng, image[mask].mean(axis=0))
-        # a linear shading across the shape so objects are not flat
+        # a photographed texture modulates the colour, and a linear shading runs across the shape
         shade_angle = rng.uniform(0, 2 * np.pi)
         ramp = (math.cos(shade_angle) * (xx - centre[0]) + math.sin(shade_angle) * (yy - centre[1])) / radius
-        fills.append(colour * (1 + 0.2 * np.clip(ramp, -1, 1))[..., None])
+        texture = rng.uniform(*TEXTURE_CONTRAST) * _object_texture(rng, height, width)
+        fills.append(colour * ((1 + 0.2 * np.clip(ramp, -1, 1)) * (1 + texture))[..., None])
         labels.append(label)
         full_masks.append(mask)
     kept = _visible_indices(full_masks, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS_FRACTION * height * width)
@@ -225,7 +274,6 @@ def render_shape_scene(rng: np.random.Generator, height: int, width: int) -> Sha
         visible = owner == position
         image[visible] = fills[index][visible]
         masks.append(visible)
-    image = image + rng.normal(0, 4, image.shape)
     return ShapeScene(np.clip(np.round(image), 0, 255).astype(np.uint8), masks, [labels[i] for i in kept])
 
 
@@ -268,7 +316,7 @@ def write_coco(out_dir: str | Path, seed: int, num_train: int, num_val: int, ima
 
 
 def semantic_labels(scene: ShapeScene) -> np.ndarray:
-    """ADE20K-style label map: 0 background (ignored by ``reduce_zero_label``), shape class k as k + 1."""
+    """ADE20K-style label map indexing ``SEMANTIC_CLASSES``: 0 background, shape class k as k + 1."""
     labels = np.zeros(scene.image.shape[:2], np.uint8)
     for mask, label in zip(scene.masks, scene.labels):
         labels[mask] = label + 1

@@ -1,6 +1,6 @@
 """Runner hooks and model wrappers; importing this module registers them."""
 from .cpu_ddp import CPUDistributedDataParallel
-from .hooks import SparsityAwareAdaptationHook
+from .hooks import ObjectCoverageHook, SparsityAwareAdaptationHook
 from .slimming_hook import GumbelTemperatureHook
 
-__all__ = ['CPUDistributedDataParallel', 'GumbelTemperatureHook', 'SparsityAwareAdaptationHook']
+__all__ = ['CPUDistributedDataParallel', 'GumbelTemperatureHook', 'ObjectCoverageHook', 'SparsityAwareAdaptationHook']

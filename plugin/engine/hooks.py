@@ -1,13 +1,18 @@
-"""SparseViT's sparsity-aware adaptation as an MMEngine hook."""
+"""SparseViT's sparsity-aware adaptation, and the object coverage of its kept windows, as MMEngine hooks."""
+import dataclasses
 import random
-from typing import Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
+import numpy as np
+import torch
+from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.hooks.hook import DATA_BATCH
 from mmengine.registry import HOOKS
 
 from ..models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone, normalize_pruning_ratios, sample_pruning_ratios
 from ..utils.distributed import on_main_rank
+from ..visualization.windows import WindowCoverage, kept_window_masks, object_coverage
 
 # Where a checkpoint keeps the seed of the sequence, so that a resumed run continues it.
 CHECKPOINT_SEED_KEY = 'sparsity_aware_adaptation_seed'
@@ -82,3 +87,88 @@ class SparsityAwareAdaptationHook(Hook):
 
     def after_train(self, runner) -> None:
         find_sparse_backbone(runner.model, 'SparsityAwareAdaptationHook').set_pruning_ratios(self.eval_pruning_ratios)
+
+
+@HOOKS.register_module()
+class ObjectCoverageHook(Hook):
+    """Measures what window pruning keeps: per stage, the share of ground-truth object pixels that lie in
+    the windows a SparseViT backbone kept (``coverage/stage{i}``) and the share of all image pixels in them
+    (``kept_area/stage{i}``, what windows chosen without regard to the objects would cover).
+
+    Pixels are pooled over the whole validation or test set and the results join that run's metrics
+    (``runner.test()`` returns them, the logger prints them). Each stage counts its last unshifted block,
+    the one :func:`plugin.visualization.kept_window_masks` draws. ``i`` counts stages from 1.
+
+    Args:
+        ground_truth (str): 'masks': an image's object pixels are the union of its instance masks
+            (the pipeline must load them: ``LoadAnnotations(with_mask=True)``); 'boxes': the pixels whose
+            centres lie in a ground-truth box, boxes in the frame of the loaded image as mmdet's test
+            pipelines load them (after ``Resize``, in ``ori_shape``).
+    """
+
+    GROUND_TRUTHS = ('masks', 'boxes')
+
+    def __init__(self, ground_truth: str = 'masks') -> None:
+        if ground_truth not in self.GROUND_TRUTHS:
+            raise ValueError(f'ground_truth must be one of {self.GROUND_TRUTHS}, got {ground_truth!r}')
+        self.ground_truth = ground_truth
+        self.counts: list = []
+
+    def before_val_epoch(self, runner) -> None:
+        self.counts = []
+
+    def before_test_epoch(self, runner) -> None:
+        self.counts = []
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
+        self._count(runner, outputs)
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
+        self._count(runner, outputs)
+
+    def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        self._add_metrics(metrics)
+
+    def after_test_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        self._add_metrics(metrics)
+
+    def _count(self, runner, outputs: Sequence) -> None:
+        backbone = find_sparse_backbone(runner.model, 'ObjectCoverageHook')
+        for index, sample in enumerate(outputs):
+            panels = kept_window_masks(backbone, sample.metainfo['batch_input_shape'], image_index=index)
+            stages = object_coverage(panels, self._object_mask(sample), sample.metainfo['img_shape'])
+            self.counts = stages if not self.counts else [a + b for a, b in zip(self.counts, stages)]
+
+    def _object_mask(self, sample) -> np.ndarray:
+        instances = sample.get('gt_instances')
+        height, width = sample.metainfo['ori_shape'][:2]
+        if self.ground_truth == 'boxes':
+            if instances is None or 'bboxes' not in instances:
+                raise ValueError('ObjectCoverageHook(ground_truth="boxes") needs ground-truth boxes in the '
+                                 'evaluated samples: add LoadAnnotations(with_bbox=True) to the test pipeline')
+            rows, cols = np.arange(height) + 0.5, np.arange(width) + 0.5
+            mask = np.zeros((height, width), dtype=bool)
+            for x1, y1, x2, y2 in instances.bboxes.cpu().numpy().reshape(-1, 4):
+                mask |= ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
+            return mask
+        if instances is None or 'masks' not in instances:
+            raise ValueError('ObjectCoverageHook(ground_truth="masks") needs ground-truth instance masks in the '
+                             'evaluated samples: add LoadAnnotations(with_mask=True) to the test pipeline, '
+                             'or use ground_truth="boxes"')
+        masks = instances.masks.to_ndarray().astype(bool)
+        shapes = {tuple(sample.metainfo['ori_shape'][:2]), tuple(sample.metainfo['img_shape'][:2])}
+        if masks.shape[1:] not in shapes:
+            raise ValueError(f'ground-truth masks of shape {masks.shape[1:]} match neither the loaded image '
+                             f'nor the resized one {sorted(shapes)}')
+        return masks.any(axis=0)
+
+    def _add_metrics(self, metrics: Optional[Dict[str, float]]) -> None:
+        if metrics is None or not self.counts:
+            return
+        # pooled over every rank's images in a distributed run
+        totals = torch.tensor([dataclasses.astuple(stage) for stage in self.counts], dtype=torch.float64)
+        all_reduce(totals)
+        for stage, counts in enumerate(totals.tolist(), start=1):
+            pooled = WindowCoverage(*(int(value) for value in counts))
+            metrics[f'coverage/stage{stage}'] = pooled.coverage
+            metrics[f'kept_area/stage{stage}'] = pooled.kept_area

@@ -1,30 +1,31 @@
-# Demo: Semantic FPN with EfficientFormer-L1 trained from scratch on the synthetic shapes
-# (ADE20K layout, tools/make_demo_data.py). Only data, sizes and schedule differ from the ADE20K config.
-_base_ = '../efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py'
+# Demo: Semantic FPN with EfficientFormerV2-S0 trained from scratch on the synthetic shapes
+# (ADE20K layout, tools/make_demo_data.py). Label 0 is the background, a class of its own
+# (reduce_zero_label=False). Only data, sizes and schedule differ from the ADE20K config.
+_base_ = '../efficientformer/fpn_efficientformerv2-s2_8xb4-40k_ade20k-512x512.py'
 
 data_root = 'data/demo/ade/'
-metainfo = dict(classes=('circle', 'square', 'triangle', 'star'),
-                palette=[(230, 25, 75), (0, 130, 200), (60, 180, 75), (255, 200, 0)])
+metainfo = dict(classes=('background', 'circle', 'square', 'triangle', 'star'),
+                palette=[(50, 50, 50), (230, 25, 75), (0, 130, 200), (60, 180, 75), (255, 200, 0)])
 image_size = (160, 160)
 
 model = dict(
-    backbone=dict(init_cfg=None),
+    backbone=dict(arch='s0', drop_path_rate=0., norm_eval=False, init_cfg=None),
     data_preprocessor=dict(size=image_size),
-    neck=dict(out_channels=64),
-    decode_head=dict(in_channels=[64, 64, 64, 64], channels=64, num_classes=4))
+    neck=dict(in_channels=[32, 48, 96, 176], out_channels=64),
+    decode_head=dict(in_channels=[64, 64, 64, 64], channels=64, num_classes=5))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
     dict(type='PackSegInputs'),
 ]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=True,
+dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=False,
                img_suffix='.jpg', seg_map_suffix='.png')
 train_dataloader = dict(
     batch_size=8, num_workers=1, persistent_workers=False,
@@ -36,7 +37,7 @@ val_dataloader = dict(
                  data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader
 
-max_iters = 600
+max_iters = 800
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=1.0, begin=0, end=max_iters, by_epoch=False)]
 optim_wrapper = dict(optimizer=dict(lr=1e-3))

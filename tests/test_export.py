@@ -268,7 +268,7 @@ def test_export_tool_reports_bad_requests_in_one_line(base, overrides, options, 
 
 
 def test_export_tool_checks_the_file_name_against_the_format(tmp_path, capsys):
-    config = str(REPO / 'configs/demo/fpn_efficientformer-l1_demo-shapes.py')
+    config = str(REPO / 'configs/demo/fpn_efficientformerv2-s0_demo-shapes.py')
     with pytest.raises(SystemExit):
         export_tool().main([config, '--format', 'torch-export', '--shape', '64', '64', '--out', 'x.onnx'])
     assert '--out of --format torch-export must end in .pt2, got x.onnx' in capsys.readouterr().err

@@ -34,7 +34,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from plugin.demo_data import make_demo_data
-from plugin.utils import markdown_table, median_latency_ms
+from plugin.utils import alternating_latency_ms, markdown_table, median_latency_ms
 from plugin.utils.cli import HelpFormatter, run_tool
 from plugin.visualization import (
     WindowPictureRow,
@@ -109,6 +109,20 @@ def backbone_latency(backbone: torch.nn.Module) -> float:
     return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
 
 
+def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> List[float]:
+    """Median batch-1 latency in ms at LATENCY_SIZE at each pruning ratio, the ratios timed in alternation so
+    that a change of the machine's load hits all of them alike (one after another, a quiet 2-core machine
+    once timed ratio 0.5 slower than 0.3)."""
+    backbone.eval()
+    image = torch.randn(1, 3, *LATENCY_SIZE)
+
+    def run_at(ratio: float):
+        # setting the ratios costs microseconds of a ~100 ms pass
+        return lambda: (backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths)), backbone(image))
+
+    return alternating_latency_ms([run_at(ratio) for ratio in ratios], warmup=3, repeats=11)
+
+
 def _metric(metrics: Dict[str, float], key: str, scale: float = 1.0):
     return float(metrics[key]) / scale if key in metrics else '-'
 
@@ -135,16 +149,16 @@ def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence
     """A detection row per pruning ratio (in every stage but the last), with the backbone's latency and the
     speedup over the first ratio when ``with_latency``. The backbone's ratios are restored afterwards."""
     backbone = runner.model.backbone
-    rows, first_ms, ratios_before = [], None, backbone.pruning_ratios
+    ratios_before = backbone.pruning_ratios
+    all_metrics = []
     for ratio in ratios:
         backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths))
-        metrics = runner.test()
-        latency = backbone_latency(backbone) if with_latency else None
-        first_ms = first_ms or latency
-        rows.append(detection_row(model, scorer, ratio, metrics, len(backbone.depths) - 1, latency,
-                                  first_ms / latency if with_latency else None))
+        all_metrics.append(runner.test())
+    latencies = latency_at_ratios(backbone, ratios) if with_latency else [None] * len(ratios)
     backbone.set_pruning_ratios(ratios_before)
-    return rows
+    return [detection_row(model, scorer, ratio, metrics, len(backbone.depths) - 1, latency,
+                          latencies[0] / latency if with_latency else None)
+            for ratio, metrics, latency in zip(ratios, all_metrics, latencies)]
 
 
 def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,

@@ -50,7 +50,7 @@ test_evaluator = val_evaluator
 # (all of them while the backbone runs dense).
 custom_hooks = [dict(type='ObjectCoverageHook', ground_truth='masks')]
 
-max_iters = 600
+max_iters = 800
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),

@@ -9,7 +9,7 @@ left out), the speedup over one process, and whether the search log equals one p
 
     python tools/benchmark.py search                                   # 1 and 2 CPU processes
     python tools/benchmark.py search --nprocs 2 4 8 --device cuda      # a machine with 8 GPUs
-    python tools/benchmark.py search --checkpoint work_dirs/demo/saa/iter_200.pth   # after `make demo`
+    python tools/benchmark.py search --checkpoint work_dirs/demo/adapt_l2/iter_200.pth   # after `make demo`
 
 Without --checkpoint the detector has its initial weights (the demo's adapted checkpoint is used when
 present): an untrained detector keeps up to 100 low-scoring boxes per image, so it is slower to score.
@@ -30,7 +30,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / 'configs' / 'demo' / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py'
 SEARCH_TOOL = REPO_ROOT / 'tools' / 'search_sparsity.py'
-DEMO_CHECKPOINT = REPO_ROOT / 'work_dirs' / 'demo' / 'saa' / 'iter_200.pth'
+DEMO_CHECKPOINT = REPO_ROOT / 'work_dirs' / 'demo' / 'adapt_l2' / 'iter_200.pth'
 TIMING = re.compile(r'Evaluated (\d+) candidates in ([\d.]+) s')
 
 

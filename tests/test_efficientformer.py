@@ -17,6 +17,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from random_weights import randomize
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from plugin.models.backbones import EfficientFormer, EfficientFormerV2
@@ -30,26 +31,6 @@ TOOLS = Path(__file__).resolve().parents[1] / 'tools'
 @pytest.fixture(autouse=True)
 def seed():
     torch.manual_seed(0)
-
-
-def randomize(model: nn.Module) -> nn.Module:
-    """Give every weight that a function of the model depends on a non-trivial value."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-            if isinstance(module, nn.GroupNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-        for name, param in model.named_parameters():
-            if name.endswith('gamma') or re.search(r'(layer_scale_\d|ls\d\.weight)$', name):
-                param.uniform_(0.5, 1.5)  # LayerScale starts at 1e-5, which would hide its branch
-            elif 'attention_biases' in name:
-                param.normal_()
-    return model
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from random_weights import randomize
 
 from plugin.deploy import FeatureExtractor, load_runner, relative_differences, save, trace
 from plugin.models.backbones import DynamicViT, EfficientFormer, EfficientFormerV2, SparseViTSwin
@@ -35,20 +35,8 @@ ONNX_RTOL = 1e-4
 PROGRAM_RTOL = 1e-5
 
 
-def randomize_batch_norms(model: nn.Module) -> nn.Module:
-    """Running statistics and affine weights away from (0, 1), so that folding them into convs is no identity."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-    return model
-
-
 def efficientformer(cls: type, fused: bool, **kwargs) -> nn.Module:
-    model = randomize_batch_norms(cls(**kwargs)).eval()
+    model = randomize(cls(**kwargs)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if 'attention_biases' in name:

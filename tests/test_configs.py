@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
@@ -87,12 +88,17 @@ def test_config_trains_one_step_and_predicts(config_path):
     assert len(predictions) == len(batch['inputs'])
 
 
-def sparsevit_training_step(cfg: Config, image_size, ratio=None) -> set:
-    """Parameters of the config's SparseViT-Swin backbone that one training step at ``image_size`` leaves
-    without gradient (at ``ratio`` everywhere, else the config's ratios), as ``'stage.module'`` names."""
+def sparsevit_backbone(cfg: Config) -> nn.Module:
+    """The config's SparseViT-Swin backbone, seeded, without its pretrained weights."""
     init_default_scope(cfg.default_scope)
     torch.manual_seed(0)
-    backbone = MODELS.build(dict(cfg.model.backbone, init_cfg=None, convert_weights=False)).train()
+    return MODELS.build(dict(cfg.model.backbone, init_cfg=None, convert_weights=False))
+
+
+def sparsevit_training_step(backbone: nn.Module, image_size, ratio=None) -> set:
+    """Parameters of ``backbone`` that one training step at ``image_size`` leaves without gradient (at
+    ``ratio`` everywhere, else the backbone's ratios), as ``'stage.module'`` names."""
+    backbone.train()
     if ratio is not None:
         backbone.set_pruning_ratios(ratio)
     with warnings.catch_warnings():
@@ -101,13 +107,6 @@ def sparsevit_training_step(cfg: Config, image_size, ratio=None) -> set:
     (sum(out.square().mean() for out in outputs) + sum(backbone.auxiliary_losses().values())).backward()
     return {'.'.join(name.split('.')[1:3]) for name, p in backbone.named_parameters()
             if p.requires_grad and p.grad is None}
-
-
-def unpruned_stages(cfg: Config) -> set:
-    """Stages of the config's SparseViT-Swin backbone whose configured ratios are all 0."""
-    init_default_scope(cfg.default_scope)
-    backbone = MODELS.build(dict(cfg.model.backbone, init_cfg=None, convert_weights=False))
-    return {stage for stage, ratios in enumerate(backbone.pruning_ratios) if not any(ratios)}
 
 
 def test_find_unused_parameters_is_set_where_a_training_step_skips_a_module(one_thread):
@@ -124,10 +123,13 @@ def test_find_unused_parameters_is_set_where_a_training_step_skips_a_module(one_
         if cfg.model.backbone.get('scorer') == 'learned':
             # Training runs every window of a pruned stage (nested decisions), so the input size does not matter;
             # the scorer of a stage at ratio 0 never runs (the paper's configs: stages 1 and 3).
-            expected = {f'{stage}.window_scorer' for stage in unpruned_stages(cfg)}
-            assert expected and sparsevit_training_step(cfg, (64, 64)) == expected, name
+            backbone = sparsevit_backbone(cfg)
+            expected = {f'{stage}.window_scorer' for stage, ratios in enumerate(backbone.pruning_ratios)
+                        if not any(ratios)}
+            assert expected and sparsevit_training_step(backbone, (64, 64)) == expected, name
             needing.add(name)
         elif adaptation and 'image_size' in cfg:
-            assert sparsevit_training_step(cfg, cfg.image_size, max(adaptation[0].get('choices', RATIO_CHOICES))), name
+            assert sparsevit_training_step(sparsevit_backbone(cfg), cfg.image_size,
+                                           max(adaptation[0].get('choices', RATIO_CHOICES))), name
             needing.add(name)
     assert {str(p.relative_to(CONFIG_ROOT)) for p in CONFIGS if load_config(p).get('find_unused_parameters')} == needing

@@ -75,9 +75,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stage_ratios(ratio: float, depths: Sequence[int]) -> List[List[float]]:
-    """``ratio`` in every stage but the last, which is a single window at the demo's image size."""
-    return [[ratio] * depth for depth in depths[:-1]] + [[0.0] * depths[-1]]
+def stage_ratios(ratio: float, depths: Sequence[int]) -> List[float]:
+    """One ratio per stage (the backbone gives it to each block): ``ratio`` in every stage but the last,
+    which is a single window at the demo's image size."""
+    return [ratio] * (len(depths) - 1) + [0.0]
 
 
 def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import List, Optional
 
 import pytest
 import torch
@@ -46,7 +45,7 @@ LAUNCH_TIMEOUT_S = 240
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2']
 
 
-def launch(command: List[str], extra_pythonpath: Optional[Path] = None) -> subprocess.CompletedProcess:
+def launch(command: list[str], extra_pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     """``command`` from the repository root, one thread per process, the venv's python as ``PYTHON``."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), str(extra_pythonpath or ''),
@@ -54,7 +53,7 @@ def launch(command: List[str], extra_pythonpath: Optional[Path] = None) -> subpr
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-def rank_results(out_dir: Path, pattern: str = 'rank{}.json') -> List[dict]:
+def rank_results(out_dir: Path, pattern: str = 'rank{}.json') -> list[dict]:
     return [json.loads((out_dir / pattern.format(rank)).read_text()) for rank in range(2)]
 
 

@@ -13,7 +13,7 @@ lists each one's options.
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from plugin.utils import device_name, markdown_table
 from plugin.utils.cli import HelpFormatter, run_tool
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('suite', choices=SUITES, help='which benchmark to run')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',

@@ -13,8 +13,8 @@ thread count and the search space, which tools/slim.py reads.
 """
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -25,7 +25,7 @@ from plugin.slimming import build_latency_lut
 from plugin.utils.cli import HelpFormatter
 
 
-def stage_widths(text: str) -> List[int]:
+def stage_widths(text: str) -> list[int]:
     """'48,64' -> [48, 64]."""
     try:
         widths = [int(w) for w in text.split(',')]
@@ -36,7 +36,7 @@ def stage_widths(text: str) -> List[int]:
     return widths
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--config', help='a supernet config: its model.backbone gives widths, depths, num_vit')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), required=True,
@@ -54,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

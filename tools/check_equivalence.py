@@ -9,7 +9,7 @@ both models compute in full precision. Exits with 1 when a difference exceeds --
 """
 import argparse
 import sys
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
-def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
+def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """``model(x)`` captured as a CUDA graph on a zero input, then replayed once on a copy of ``x``."""
     static_x = torch.zeros_like(x)
     with torch.no_grad():

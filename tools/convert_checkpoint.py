@@ -14,7 +14,7 @@ The backbones convert on loading as well; this saves doing it every time.
 import argparse
 import sys
 from collections import OrderedDict
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -75,7 +75,7 @@ def fitting_architecture(backbone: StateDict, model: str, source: str) -> str:
                                   f'is {described}:\n{nearest}')
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--model', required=True, choices=sorted(KEY_CONVERTERS),
                         help='backbone family whose key layout to convert to')

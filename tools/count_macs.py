@@ -17,8 +17,8 @@ import argparse
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ from plugin.utils import count_macs, device_name, markdown_table, median_latency
 from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('configs', nargs='+', metavar='CONFIG', help='config files or package::path')
     parser.add_argument('--shape', type=int, nargs=2, default=(672, 672), metavar=('H', 'W'), help='input size')
@@ -54,7 +54,7 @@ def load_config(name: str) -> Config:
     return get_config(name) if '::' in name else Config.fromfile(name)
 
 
-def dummy_data_samples(scope: str, shape: Sequence[int], batch: int) -> Optional[list]:
+def dummy_data_samples(scope: str, shape: Sequence[int], batch: int) -> list | None:
     """Data samples with the meta-information a forward pass needs, or None where it needs none."""
     meta = dict(img_shape=tuple(shape), ori_shape=tuple(shape), pad_shape=tuple(shape),
                 batch_input_shape=tuple(shape), scale_factor=(1., 1.))
@@ -79,11 +79,11 @@ def build(cfg: Config, args: argparse.Namespace) -> nn.Module:
     return model
 
 
-def measure(name: str, args: argparse.Namespace) -> Dict[str, object]:
+def measure(name: str, args: argparse.Namespace) -> dict[str, object]:
     cfg = load_config(name)
     model = build(cfg, args)
     scope = cfg.get('default_scope', 'mmdet')
-    row: Dict[str, object] = {'config': Path(name.split('::')[-1]).stem,
+    row: dict[str, object] = {'config': Path(name.split('::')[-1]).stem,
                               'pruning ratios': json.dumps(getattr(model.backbone, 'pruning_ratios', None))}
 
     def runners(batch: int, device: torch.device):
@@ -105,7 +105,7 @@ def measure(name: str, args: argparse.Namespace) -> Dict[str, object]:
     return row
 
 
-def add_ratios_to_first(rows: List[Dict[str, object]]) -> None:
+def add_ratios_to_first(rows: list[dict[str, object]]) -> None:
     """Speedup and MACs reduction of every row against the first."""
     first = rows[0]
     for row in rows:
@@ -116,7 +116,7 @@ def add_ratios_to_first(rows: List[Dict[str, object]]) -> None:
                 row[f'{part} speedup'] = first[f'{part} ms'] / row[f'{part} ms']
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     args = parse_args(argv)
     rows = [measure(name, args) for name in args.configs]
     add_ratios_to_first(rows)

@@ -22,8 +22,8 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import mmcv
@@ -65,7 +65,7 @@ QUICK_ITERS = 4
 LATENCY_SIZE = (672, 672)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--work-dir', default='work_dirs/demo', help='logs, checkpoints, tables and pictures')
     parser.add_argument('--data-dir', default='data/demo', help='where the synthetic datasets are written')
@@ -75,7 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stage_ratios(ratio: float, depths: Sequence[int]) -> List[float]:
+def stage_ratios(ratio: float, depths: Sequence[int]) -> list[float]:
     """One ratio per stage (the backbone gives it to each block): ``ratio`` in every stage but the last,
     which is a single window at the demo's image size."""
     return [ratio] * (len(depths) - 1) + [0.0]
@@ -110,7 +110,7 @@ def backbone_latency(backbone: torch.nn.Module) -> float:
     return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
 
 
-def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> List[float]:
+def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> list[float]:
     """Median batch-1 latency in ms at LATENCY_SIZE at each pruning ratio, the ratios timed in alternation so
     that a change of the machine's load hits all of them alike (one after another, a quiet 2-core machine
     once timed ratio 0.5 slower than 0.3)."""
@@ -124,12 +124,12 @@ def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> Lis
     return alternating_latency_ms([run_at(ratio) for ratio in ratios], warmup=3, repeats=11)
 
 
-def _metric(metrics: Dict[str, float], key: str, scale: float = 1.0):
+def _metric(metrics: dict[str, float], key: str, scale: float = 1.0):
     return float(metrics[key]) / scale if key in metrics else '-'
 
 
-def detection_row(model: str, scorer: str, ratio: float, metrics: Dict[str, float], pruned_stages: int,
-                  latency: Optional[float] = None, speedup: Optional[float] = None) -> dict:
+def detection_row(model: str, scorer: str, ratio: float, metrics: dict[str, float], pruned_stages: int,
+                  latency: float | None = None, speedup: float | None = None) -> dict:
     row = {'model': model, 'scorer': scorer, 'pruning ratio': ratio,
            'bbox AP': _metric(metrics, 'coco/bbox_mAP'), 'segm AP': _metric(metrics, 'coco/segm_mAP')}
     for kind, key in (('coverage', 'coverage'), ('kept area', 'kept_area')):
@@ -140,13 +140,13 @@ def detection_row(model: str, scorer: str, ratio: float, metrics: Dict[str, floa
     return row
 
 
-def segmentation_row(model: str, metrics: Dict[str, float], latency: Optional[float] = None) -> dict:
+def segmentation_row(model: str, metrics: dict[str, float], latency: float | None = None) -> dict:
     return {'model': model, 'mIoU': _metric(metrics, 'mIoU', 100), 'pixel accuracy': _metric(metrics, 'aAcc', 100),
             f'backbone ms ({LATENCY_SIZE[0]}px)': '-' if latency is None else latency}
 
 
 def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence[float],
-                   with_latency: bool) -> List[dict]:
+                   with_latency: bool) -> list[dict]:
     """A detection row per pruning ratio (in every stage but the last), with the backbone's latency and the
     speedup over the first ratio when ``with_latency``. The backbone's ratios are restored afterwards."""
     backbone = runner.model.backbone
@@ -163,7 +163,7 @@ def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence
 
 
 def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
-                       dense_checkpoint: Path) -> Tuple[Runner, Config, List[dict]]:
+                       dense_checkpoint: Path) -> tuple[Runner, Config, list[dict]]:
     """Sparsity-aware adaptation from the dense detector with ``scorer``, then a test at every EVAL_RATIOS."""
     cfg = demo_config(SCORER_CONFIGS[scorer], args, work_dir / f'adapt_{scorer.lower()}')
     cfg.load_from = str(dense_checkpoint)
@@ -181,7 +181,7 @@ def evaluated_sample(runner: Runner, index: int):
     return mmcv.imread(sample.img_path, channel_order='rgb'), sample
 
 
-def detection_pictures(adapted: Dict[str, Tuple[Runner, Config]], out_dir: Path) -> List[Path]:
+def detection_pictures(adapted: dict[str, tuple[Runner, Config]], out_dir: Path) -> list[Path]:
     """Per test image, one row per scorer: the kept windows of each pruned stage at PICTURE_RATIO, the
     ground-truth outlines and object coverage, and the predictions, all on the same image."""
     paths = []
@@ -206,7 +206,7 @@ def detection_pictures(adapted: Dict[str, Tuple[Runner, Config]], out_dir: Path)
     return paths
 
 
-def segmentation_pictures(runner: Runner, out_dir: Path) -> List[Path]:
+def segmentation_pictures(runner: Runner, out_dir: Path) -> list[Path]:
     """Per test image: the image, its ground-truth labels and the predicted ones."""
     metainfo = runner.test_dataloader.dataset.metainfo
     paths = []
@@ -221,7 +221,7 @@ def segmentation_pictures(runner: Runner, out_dir: Path) -> List[Path]:
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     work_dir = Path(args.work_dir).resolve()

@@ -24,8 +24,8 @@ to its logits; detectors export their backbone (and neck): see docs/deploy.md fo
 import argparse
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -48,7 +48,7 @@ from plugin.utils import markdown_table
 from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config', help='an mmdet / mmseg / mmdet3d config whose backbone is one of this project\'s')
     parser.add_argument('checkpoint', nargs='?', default=None, help='weights of the whole model (random without)')
@@ -79,14 +79,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def check_shape(args: argparse.Namespace) -> List[int]:
+def check_shape(args: argparse.Namespace) -> list[int]:
     if args.check_shape:
         return args.check_shape
     # Odd offsets: a second size that pads differently wherever a model pads.
     return [args.shape[0] + 37, args.shape[1] + 61] if args.dynamic else list(args.shape)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     model = build_model(Config.fromfile(args.config), args.checkpoint, 'cpu')

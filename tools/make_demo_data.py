@@ -3,7 +3,7 @@
 Example: python tools/make_demo_data.py --out data/demo --seed 0 --num-train 300 --num-val 50
 """
 import argparse
-from typing import Iterable
+from collections.abc import Iterable
 
 from tqdm import tqdm
 

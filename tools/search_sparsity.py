@@ -26,8 +26,8 @@ which alone writes the files. Same seed, same log as one process:
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -50,7 +50,7 @@ from plugin.utils.cli import HelpFormatter, run_tool
 from plugin.utils.distributed import LAUNCHERS, init_distributed, on_every_rank
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='the adapted (SAA) checkpoint: a path or URL')
@@ -90,7 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> SearchResult:
+def main(argv: Sequence[str] | None = None) -> SearchResult:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:

@@ -11,7 +11,7 @@ then built and timed on this device, and predicted and measured latency printed.
 """
 import argparse
 import json
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from plugin.slimming.greedy import SubNetwork
 from plugin.utils.cli import HelpFormatter
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('checkpoint', help="the trained supernet's checkpoint, or 'none'")
     parser.add_argument('--lut', required=True, help='table from tools/build_latency_lut.py')
@@ -44,7 +44,7 @@ def load_importance(checkpoint: str, space: dict) -> dict:
     return supernet.importance()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with open(args.lut) as f:
         lut = json.load(f)

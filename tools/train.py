@@ -18,8 +18,8 @@ import argparse
 import importlib
 import runpy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -69,7 +69,7 @@ def training_script(cfg: Config) -> Path:
     return fallback
 
 
-def cpu_distributed_options(cfg: Config) -> List[str]:
+def cpu_distributed_options(cfg: Config) -> list[str]:
     """``--cfg-options`` that make the runner wrap the model for CPUs (gloo), keeping the config's settings."""
     wrapper = cfg.get('model_wrapper_cfg') or ConfigDict()
     if wrapper.get('type', DDP_WRAPPERS[0]) not in DDP_WRAPPERS:
@@ -84,7 +84,7 @@ def cpu_distributed_options(cfg: Config) -> List[str]:
     return ['--cfg-options', *options]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)

@@ -13,8 +13,8 @@ import copy
 import functools
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from plugin.visualization import draw_kept_windows, kept_window_masks, predictio
 PURPOSE = 'tools/visualize_windows.py'
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('config', help='an mmdet or mmseg config with a SparseViTSwin backbone')
     parser.add_argument('checkpoint', help='a path or URL')
@@ -74,7 +74,7 @@ def init_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
     return model
 
 
-def predict(model: nn.Module, scope: str, image: str) -> Tuple[object, Tuple[int, int]]:
+def predict(model: nn.Module, scope: str, image: str) -> tuple[object, tuple[int, int]]:
     """The prediction for ``image`` and the (H, W) of the tensor the backbone received."""
     received = {}
     handle = find_sparse_backbone(model, PURPOSE).register_forward_pre_hook(
@@ -91,7 +91,7 @@ def predict(model: nn.Module, scope: str, image: str) -> Tuple[object, Tuple[int
     return result, received['hw']
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     import mmcv
 

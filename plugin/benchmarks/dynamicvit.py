@@ -10,7 +10,6 @@ latency cover the whole backbone, simple feature pyramid included.
     python tools/benchmark.py dynamicvit --arch deit-b --sizes 512x512 --keep-ratios 0.9 0.7 0.5
 """
 import argparse
-from typing import Dict, List, Tuple
 
 import torch
 
@@ -28,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--batch', type=int, default=1, help='images per call')
 
 
-def build_variants(arch: str, keep_ratios: List[float]) -> List[Tuple[str, float, DynamicViT]]:
+def build_variants(arch: str, keep_ratios: list[float]) -> list[tuple[str, float, DynamicViT]]:
     """(name, rho, model) for the dense backbone and one DynamicViT per keep ratio, all with the same ViT weights."""
     torch.manual_seed(0)
     dense = DynamicViT(arch=arch, pruning_locs=(), drop_path_rate=0.)
@@ -42,7 +41,7 @@ def build_variants(arch: str, keep_ratios: List[float]) -> List[Tuple[str, float
     return variants
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     variants = build_variants(args.arch, args.keep_ratios)
     rows = []
     for height, width in args.sizes:

@@ -14,7 +14,7 @@ the latency after Conv-BN folding (``fuse()``), the deployment form.
 import argparse
 import copy
 import functools
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import timm
 import torch
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--fused', action='store_true', help='also time our backbones after fuse() (Conv-BN folded)')
 
 
-def reference_backbones(enabled: bool) -> List[Tuple[str, nn.Module]]:
+def reference_backbones(enabled: bool) -> list[tuple[str, nn.Module]]:
     if not enabled:
         return []
     try:
@@ -63,7 +63,7 @@ def build_ours(arch: str, timm_model: nn.Module) -> nn.Module:
     return model
 
 
-def timm_at_size(arch: str, timm_224: nn.Module, size: Tuple[int, int]) -> Optional[nn.Module]:
+def timm_at_size(arch: str, timm_224: nn.Module, size: tuple[int, int]) -> nn.Module | None:
     """timm's model for ``size`` with the weights of ``timm_224`` (bias tables aside), or None."""
     if size == (224, 224):
         return timm_224
@@ -83,14 +83,14 @@ def prepare(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], 
     return model
 
 
-def paired_latency_ms(models: List[nn.Module], x: torch.Tensor, args: argparse.Namespace) -> List[float]:
+def paired_latency_ms(models: list[nn.Module], x: torch.Tensor, args: argparse.Namespace) -> list[float]:
     """Median latency of each model, timed in alternation (see ``alternating_latency_ms``)."""
     runs = [prepare(model, args.device) for model in models]
     return alternating_latency_ms([functools.partial(run_model, x) for run_model in runs], args.device,
                                   args.warmup, args.repeats)
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     references = reference_backbones(not args.no_references)
     timm_models = {arch: timm.create_model(timm_name(arch)) for arch in args.archs}
     ours = {arch: build_ours(arch, timm_models[arch]) for arch in args.archs}

@@ -11,7 +11,6 @@ does not see). Needs mmdet3d; without it the suite prints a note and no rows.
 import argparse
 import re
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 
@@ -48,7 +47,7 @@ def build_detector(config_path: Path, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     try:
         import mmdet3d  # noqa: F401
     except ImportError:

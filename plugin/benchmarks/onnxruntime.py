@@ -14,8 +14,8 @@ import argparse
 import copy
 import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
@@ -37,11 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-efficientformer', action='store_true', help='leave out the EfficientFormer-L1 row')
 
 
-def backbones(args: argparse.Namespace) -> Dict[str, nn.Module]:
+def backbones(args: argparse.Namespace) -> dict[str, nn.Module]:
     """The compared backbones by row name, the dense reference first, each a module of its own (timed together)."""
     reference_name, reference = mmdet_swin_transformer(drop_path_rate=0.)
     ours = SparseViTSwin(drop_path_rate=0.)
-    models: Dict[str, nn.Module] = {}
+    models: dict[str, nn.Module] = {}
     if reference is None:
         print(f'{reference_name}: the dense reference is SparseViTSwin at ratio 0')
     else:
@@ -56,7 +56,7 @@ def backbones(args: argparse.Namespace) -> Dict[str, nn.Module]:
     return models
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     if args.device.type != 'cpu':
         raise ValueError(f'the onnxruntime suite compares CPU runtimes (ONNX Runtime\'s CPU build): pass --device '
                          f'cpu, got {args.device}')
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     image = torch.randn(1, 3, *args.size)
     models = {name: FeatureExtractor(model).eval() for name, model in backbones(args).items()}
     macs = {name: count_macs(model, image) for name, model in models.items()}
-    runners: Dict[str, Dict[str, Callable[[], object]]] = {}
+    runners: dict[str, dict[str, Callable[[], object]]] = {}
     differences = {}
     with tempfile.TemporaryDirectory() as directory:
         for index, (name, model) in enumerate(tqdm(models.items(), desc='exporting to ONNX', unit='model')):

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import torch
 
@@ -66,7 +65,7 @@ def demo_checkpoint(args: argparse.Namespace, work_dir: Path) -> str:
 
 
 def search_command(args: argparse.Namespace, processes: int, checkpoint: str, data_root: Path,
-                   work_dir: Path) -> List[str]:
+                   work_dir: Path) -> list[str]:
     launcher = [] if processes == 1 else ['-m', 'torch.distributed.run', '--standalone',
                                           '--nproc-per-node', str(processes)]
     return [sys.executable, *launcher, str(SEARCH_TOOL), str(CONFIG), checkpoint, '--constraint', 'macs',
@@ -79,7 +78,7 @@ def search_command(args: argparse.Namespace, processes: int, checkpoint: str, da
             f'val_evaluator.ann_file={data_root}/annotations/instances_val.json']
 
 
-def run_search(command: List[str], timeout: int) -> Dict[str, float]:
+def run_search(command: list[str], timeout: int) -> dict[str, float]:
     env = dict(os.environ, OMP_NUM_THREADS='1')
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -90,7 +89,7 @@ def run_search(command: List[str], timeout: int) -> Dict[str, float]:
     return dict(candidates=int(timing[1]), seconds=float(timing[2]), wall=wall)
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     from ..demo_data import make_demo_data
 
     if any(n < 2 for n in args.nprocs):
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     with tempfile.TemporaryDirectory(prefix='effidense-search-bench-') as scratch:
         checkpoint = demo_checkpoint(args, Path(scratch))
         each_on = '1 GPU' if args.device.type == 'cuda' else '1 CPU thread'
-        reference: Optional[Dict[str, float]] = None
+        reference: dict[str, float] | None = None
         reference_log = None
         for processes in [1, *args.nprocs]:
             work_dir = Path(scratch) / f'{processes}_processes'

@@ -6,7 +6,7 @@ limit that the MACs promise). Modes: ``eager``; ``graph`` replays a captured CUD
 graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``.
 """
 import argparse
-from typing import Callable, Dict, List, Union
+from collections.abc import Callable
 
 import torch
 
@@ -75,11 +75,11 @@ def variant_name(setting: str) -> str:
     return f'paper {setting}' if setting in PAPER_NAMES else f'uniform {setting}'
 
 
-def resolve_ratios(setting: str) -> Union[float, PruningRatios]:
+def resolve_ratios(setting: str) -> float | PruningRatios:
     return paper_pruning_ratios()[setting] if setting in PAPER_NAMES else float(setting)
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
     device = args.device
     batches = args.batches or ([1, 4, 16] if device.type == 'cuda' else [1, 4])
     reference_name, reference = mmdet_swin_transformer(drop_path_rate=0.)

@@ -10,8 +10,8 @@ SparseViT's window ranking (a ``TopK`` over the per-window scores) stays data-de
 import contextlib
 import io
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ EXPORTABLE_BACKBONES = (SparseViTSwin, EfficientFormer, EfficientFormerV2, Dynam
 # The exported graph's input (``FeatureExtractor.forward``'s argument); outputs are feature0, feature1, ...
 INPUT_NAME = 'image'
 
-Runner = Callable[[torch.Tensor], List[torch.Tensor]]
+Runner = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 class ExportError(ValueError):
@@ -34,12 +34,12 @@ class ExportError(ValueError):
 class FeatureExtractor(nn.Module):
     """A backbone, then optionally a neck: the feature maps that a detector's or segmentor's heads consume."""
 
-    def __init__(self, backbone: nn.Module, neck: Optional[nn.Module] = None) -> None:
+    def __init__(self, backbone: nn.Module, neck: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.backbone(image)
         return tuple(features if self.neck is None else self.neck(features))
 
@@ -56,7 +56,7 @@ class SegmentorLogits(nn.Module):
     def backbone(self) -> nn.Module:
         return self.segmentor.backbone
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.segmentor(image, mode='tensor'), )
 
 
@@ -109,7 +109,7 @@ STATIC_SIZE_ONLY = {
 DYNAMIC_SIDE_RANGE = (64, 4096)
 
 
-def dynamic_size_shapes() -> Dict[str, Dict[int, object]]:
+def dynamic_size_shapes() -> dict[str, dict[int, object]]:
     """``dynamic_shapes`` of ``torch.export`` for an image input whose height and width may vary."""
     low, high = DYNAMIC_SIDE_RANGE
     return {INPUT_NAME: {2: torch.export.Dim('height', min=low, max=high),
@@ -134,7 +134,7 @@ def _quiet_exporter():
         yield
 
 
-def trace(extractor: Union[FeatureExtractor, SegmentorLogits], example: torch.Tensor,
+def trace(extractor: FeatureExtractor | SegmentorLogits, example: torch.Tensor,
           dynamic_size: bool = False) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``extractor`` on ``example`` in inference mode; ``dynamic_size`` lets height
     and width vary (the program then checks at run time the conditions its trace assumed)."""
@@ -191,7 +191,7 @@ def save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> Path:
     return path
 
 
-def onnxruntime_session(path: Path, threads: Optional[int] = None, spinning: bool = True):
+def onnxruntime_session(path: Path, threads: int | None = None, spinning: bool = True):
     """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count).
 
     ``spinning=False`` stops its idle worker threads from busy-waiting after a run, which would take the
@@ -208,7 +208,7 @@ def onnxruntime_session(path: Path, threads: Optional[int] = None, spinning: boo
     return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def load_runner(path: Path, fmt: str, threads: Optional[int] = None, spinning: bool = True) -> Runner:
+def load_runner(path: Path, fmt: str, threads: int | None = None, spinning: bool = True) -> Runner:
     """A callable that runs the exported file on an image batch and returns its outputs as tensors
     (ONNX: in ONNX Runtime on the CPU, see :func:`onnxruntime_session`; torch-export: the program loaded
     by ``torch.export.load``)."""
@@ -217,7 +217,7 @@ def load_runner(path: Path, fmt: str, threads: Optional[int] = None, spinning: b
     if fmt == 'torch-export':
         module = torch.export.load(str(path)).module()
 
-        def run_program(image: torch.Tensor) -> List[torch.Tensor]:
+        def run_program(image: torch.Tensor) -> list[torch.Tensor]:
             with torch.no_grad():
                 return list(module(image))
         return run_program
@@ -227,13 +227,13 @@ def load_runner(path: Path, fmt: str, threads: Optional[int] = None, spinning: b
     except Exception as error:  # ONNX Runtime raises its own types for a file it cannot run
         raise ExportError(f'ONNX Runtime cannot load {path}: {error}') from error
 
-    def run_session(image: torch.Tensor) -> List[torch.Tensor]:
+    def run_session(image: torch.Tensor) -> list[torch.Tensor]:
         outputs = session.run(None, {INPUT_NAME: image.detach().cpu().numpy()})
         return [torch.from_numpy(output) for output in outputs]
     return run_session
 
 
-def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> List[float]:
+def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> list[float]:
     """Per output, ``max |output - reference| / max |reference|`` (shapes must agree)."""
     if len(outputs) != len(references):
         raise ExportError(f'the exported model returns {len(outputs)} outputs, PyTorch {len(references)}')
@@ -248,7 +248,7 @@ def relative_differences(outputs: Sequence[torch.Tensor], references: Sequence[t
 
 
 def compare_with_pytorch(run: Runner, extractor: nn.Module,
-                         images: Sequence[torch.Tensor]) -> List[Dict[str, object]]:
+                         images: Sequence[torch.Tensor]) -> list[dict[str, object]]:
     """Run the exported model and ``extractor`` on each image batch: per batch its size, the number of outputs,
     the largest absolute and the largest relative difference (see :func:`relative_differences`)."""
     rows = []

@@ -1,5 +1,5 @@
 """MMEngine's data-parallel model wrapper for models on CPUs (gloo), as ``model_wrapper_cfg`` of a runner."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 from mmengine.logging import MMLogger
@@ -17,7 +17,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
     (the log says so). ``tools/train.py`` selects this wrapper on machines without CUDA.
     """
 
-    def __init__(self, module: nn.Module, device_ids: Optional[Sequence[int]] = None, **kwargs) -> None:
+    def __init__(self, module: nn.Module, device_ids: Sequence[int] | None = None, **kwargs) -> None:
         devices = {param.device.type for param in module.parameters()}
         if devices - {'cpu'}:
             raise ValueError(f'CPUDistributedDataParallel wraps a model on the CPU; this one has parameters on '

@@ -1,7 +1,7 @@
 """SparseViT's sparsity-aware adaptation, and the object coverage of its kept windows, as MMEngine hooks."""
 import dataclasses
 import random
-from typing import Dict, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,8 +44,8 @@ class SparsityAwareAdaptationHook(Hook):
 
     def __init__(self,
                  choices: Sequence[float] = RATIO_CHOICES,
-                 eval_pruning_ratios: Union[float, Sequence] = 0.,
-                 seed: Optional[int] = None) -> None:
+                 eval_pruning_ratios: float | Sequence = 0.,
+                 seed: int | None = None) -> None:
         choices = tuple(choices)
         if not choices or any(not isinstance(c, (int, float)) or not 0 <= c < 1 for c in choices):
             raise ValueError(f'choices must be a non-empty sequence of ratios in [0, 1), got {choices!r}')
@@ -126,10 +126,10 @@ class ObjectCoverageHook(Hook):
     def after_test_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
         self._count(runner, outputs)
 
-    def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         self._add_metrics(metrics)
 
-    def after_test_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+    def after_test_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         self._add_metrics(metrics)
 
     def _count(self, runner, outputs: Sequence) -> None:
@@ -162,7 +162,7 @@ class ObjectCoverageHook(Hook):
                              f'nor the resized one {sorted(shapes)}')
         return masks.any(axis=0)
 
-    def _add_metrics(self, metrics: Optional[Dict[str, float]]) -> None:
+    def _add_metrics(self, metrics: dict[str, float] | None) -> None:
         if metrics is None or not self.counts:
             return
         # pooled over every rank's images in a distributed run

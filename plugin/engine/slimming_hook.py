@@ -1,5 +1,4 @@
 """Gumbel-Softmax temperature annealing for EfficientFormer supernet training."""
-from typing import List
 
 import torch.nn as nn
 from mmengine.hooks import Hook
@@ -10,7 +9,7 @@ from mmengine.registry import HOOKS
 from ..models.backbones.efficientformer_supernet import EfficientFormerSupernet
 
 
-def find_supernets(model: nn.Module) -> List[EfficientFormerSupernet]:
+def find_supernets(model: nn.Module) -> list[EfficientFormerSupernet]:
     """Every ``EfficientFormerSupernet`` inside a (possibly wrapped) model, or a TypeError."""
     if is_model_wrapper(model):
         model = model.module

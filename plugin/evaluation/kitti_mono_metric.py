@@ -11,7 +11,7 @@ otherwise mmdet3d's metric.
 import contextlib
 import sys
 import types
-from typing import Dict, Iterator, List
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -92,6 +92,6 @@ class KittiMonoMetric(KittiMetric):
     def uses_cpu_iou(self) -> bool:
         return self.iou_device == 'cpu' or (self.iou_device == 'auto' and not cuda.is_available())
 
-    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+    def compute_metrics(self, results: list[dict]) -> dict[str, float]:
         with kitti_overlaps_on_cpu() if self.uses_cpu_iou() else contextlib.nullcontext():
             return super().compute_metrics(results)

@@ -4,7 +4,7 @@ Both set the ratios on the backbone and run it in eval mode on a random input
 of a fixed shape: a pruned block's cost depends on the number of windows it
 keeps, which follows from the input shape and the ratios alone.
 """
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ class MacsBudget:
 
     def __init__(self, backbone: nn.Module, input_shape: Sequence[int]) -> None:
         self.backbone = backbone
-        self.input_shape: Tuple[int, int] = tuple(input_shape)
+        self.input_shape: tuple[int, int] = tuple(input_shape)
         device = next(backbone.parameters()).device
         self.inputs = torch.randn(1, 3, *self.input_shape, device=device)
         self.name = 'GMACs@{}x{}'.format(*self.input_shape)

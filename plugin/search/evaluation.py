@@ -5,8 +5,8 @@ import functools
 import io
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')
 _METRIC_FAILURE = '__failure__'
 
 
-def build_model(cfg: Config, checkpoint: Optional[str], device: torch.device | str) -> nn.Module:
+def build_model(cfg: Config, checkpoint: str | None, device: torch.device | str) -> nn.Module:
     """The config's model with ``checkpoint`` loaded (no pretrained init), in eval mode on ``device``.
 
     The checkpoint must fit the model (``plugin.models.utils.checkpoint.load_model_checkpoint``).
@@ -54,7 +54,7 @@ def _is_instance_of(metric: BaseMetric, module: str, name: str) -> bool:
     return any(cls.__name__ == name and cls.__module__.startswith(module) for cls in type(metric).__mro__)
 
 
-def restrict_metrics_to_samples(metrics: List[BaseMetric], dataset: BaseDataset, work_dir: Path) -> None:
+def restrict_metrics_to_samples(metrics: list[BaseMetric], dataset: BaseDataset, work_dir: Path) -> None:
     """Make every metric score only the samples of ``dataset`` (a subset of the annotation file's).
 
     mmdet's ``CocoMetric`` scores every image of its ``ann_file``, so images not run would count
@@ -113,8 +113,8 @@ class SubsetEvaluator:
         quiet: Hide what the evaluator prints.
     """
 
-    def __init__(self, cfg: Config, model: nn.Module, num_images: Optional[int] = None,
-                 metric: Optional[str] = None, quiet: bool = True) -> None:
+    def __init__(self, cfg: Config, model: nn.Module, num_images: int | None = None,
+                 metric: str | None = None, quiet: bool = True) -> None:
         if num_images is not None and num_images < 1:
             raise ValueError(f'num_images must be >= 1 or None (all), got {num_images}')
         self.model = model
@@ -129,7 +129,7 @@ class SubsetEvaluator:
             self.dataloader = Runner.build_dataloader(dataloader_cfg, seed=0)
             self.evaluator = Evaluator(copy.deepcopy(cfg.val_evaluator))
         self.evaluator.dataset_meta = self.dataloader.dataset.metainfo
-        self._metric_error: Optional[Exception] = None
+        self._metric_error: Exception | None = None
         if is_distributed():
             for evaluator_metric in self.evaluator.metrics:
                 evaluator_metric.compute_metrics = self._returning_failures(evaluator_metric.compute_metrics)
@@ -144,7 +144,7 @@ class SubsetEvaluator:
         """What the returned number is, e.g. ``'coco/bbox_mAP (first 500 of 5000 validation images)'``."""
         return f'{self.metric or "metric"} ({self.images})'
 
-    def metrics(self, pruning_ratios: PruningRatios) -> Dict[str, float]:
+    def metrics(self, pruning_ratios: PruningRatios) -> dict[str, float]:
         """Every metric the config's evaluator reports, at ``pruning_ratios``."""
         self.backbone.set_pruning_ratios(pruning_ratios)
         self.model.eval()

@@ -24,8 +24,8 @@ import math
 import random
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.dist import is_main_process
 from tqdm import tqdm
@@ -34,7 +34,7 @@ from ..models.utils.sparsity import RATIO_CHOICES, PruningRatios
 from ..utils.distributed import on_every_rank, on_main_rank
 from .space import Genes, SparsitySearchSpace
 
-Record = Dict[str, object]
+Record = dict[str, object]
 EvaluateFn = Callable[[PruningRatios], float]
 BudgetFn = Callable[[PruningRatios], float]
 
@@ -55,7 +55,7 @@ class SearchSettings:
         seed: Seed of every random decision.
         max_attempts: Proposals tried per candidate before rejection sampling gives up.
     """
-    depths: Tuple[int, ...]
+    depths: tuple[int, ...]
     min_budget: float
     max_budget: float
     budget_name: str = 'budget'
@@ -63,7 +63,7 @@ class SearchSettings:
     generations: int = 20
     topk: int = 25
     mutation_prob: float = 0.1
-    choices: Tuple[float, ...] = RATIO_CHOICES
+    choices: tuple[float, ...] = RATIO_CHOICES
     seed: int = 0
     max_attempts: int = 1000
 
@@ -88,13 +88,13 @@ class SearchSettings:
 class SearchResult:
     """best: the evaluated record with the highest metric; records: every evaluated one, in order."""
     best: Record
-    records: List[Record]
-    pareto: List[Record]
+    records: list[Record]
+    pareto: list[Record]
 
 
-def pareto_front(records: Sequence[Record]) -> List[Record]:
+def pareto_front(records: Sequence[Record]) -> list[Record]:
     """Records that no other record beats on both metric (higher) and budget (lower), by budget."""
-    front: List[Record] = []
+    front: list[Record] = []
     for record in sorted(records, key=lambda r: (r['budget'], -r['metric'])):
         if not front or record['metric'] > front[-1]['metric']:
             front.append(record)
@@ -115,7 +115,7 @@ class SearchLog:
 
     def __init__(self, path: Path, settings: SearchSettings, resume: bool) -> None:
         self.path = Path(path)
-        self.records: List[Record] = []
+        self.records: list[Record] = []
         if resume and self.path.exists():
             self._load(settings)
             return
@@ -169,21 +169,21 @@ class EvolutionarySearch:
                  evaluate: EvaluateFn,
                  budget: BudgetFn,
                  settings: SearchSettings,
-                 log_path: Optional[Path] = None,
+                 log_path: Path | None = None,
                  resume: bool = False,
                  progress: bool = False) -> None:
         self.evaluate = evaluate
         self.budget = budget
         self.settings = settings
         self.space = SparsitySearchSpace(settings.depths, settings.choices)
-        self.log: Optional[SearchLog] = None
+        self.log: SearchLog | None = None
         self.progress = progress and is_main_process()
         logged = [] if log_path is None else on_main_rank(lambda: self._open_log(log_path, resume))
-        self._budgets: Dict[Genes, float] = {genes_of(r): r['budget'] for r in logged}
-        self._metrics: Dict[Genes, float] = {genes_of(r): r['metric'] for r in logged
+        self._budgets: dict[Genes, float] = {genes_of(r): r['budget'] for r in logged}
+        self._metrics: dict[Genes, float] = {genes_of(r): r['metric'] for r in logged
                                              if r['event'] == 'evaluated'}
 
-    def _open_log(self, log_path: Path, resume: bool) -> List[Record]:
+    def _open_log(self, log_path: Path, resume: bool) -> list[Record]:
         self.log = SearchLog(log_path, settings=self.settings, resume=resume)
         return self.log.records
 
@@ -191,8 +191,8 @@ class EvolutionarySearch:
         settings = self.settings
         self._check_window()
         rng = random.Random(settings.seed)
-        evaluated: Dict[Genes, Record] = {}
-        best: Optional[Record] = None
+        evaluated: dict[Genes, Record] = {}
+        best: Record | None = None
         bar = tqdm(total=settings.population_size * settings.generations, desc='search',
                    unit='cand', disable=not self.progress, dynamic_ncols=True)
         with bar:
@@ -234,8 +234,8 @@ class EvolutionarySearch:
         records = list(evaluated.values())
         return SearchResult(best=best, records=records, pareto=pareto_front(records))
 
-    def _propose(self, rng: random.Random, origin: str, parents: List[Genes],
-                 evaluated: Dict[Genes, Record], generation: int) -> Optional[Tuple[Genes, float]]:
+    def _propose(self, rng: random.Random, origin: str, parents: list[Genes],
+                 evaluated: dict[Genes, Record], generation: int) -> tuple[Genes, float] | None:
         """Rejection sampling: a new configuration whose budget is inside the window, with that budget."""
         settings = self.settings
         for _ in range(settings.max_attempts):
@@ -292,7 +292,7 @@ class EvolutionarySearch:
     def _uniform_genes(self, ratio: float) -> Genes:
         return tuple((ratio,) * ((depth + 1) // 2) for depth in self.space.depths)
 
-    def _bound_budgets(self) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    def _bound_budgets(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """``((lowest ratio, its budget), (highest ratio, its budget))``: the costliest and cheapest
         configurations of the space, measured once (and logged, so a resumed search replays them)."""
         bounds = []

@@ -1,8 +1,8 @@
 """What a finished search leaves behind: a config fragment, a CSV table and a plot."""
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .evolution import Record, SearchResult, SearchSettings
 

@@ -5,11 +5,11 @@ ratios, e.g. ``((0.3,), (0.0,), (0.1, 0.2, 0.2), (0.0,))`` for Swin-T. Genes are
 hashable, so a search can tell configurations apart and never repeat one.
 """
 import random
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 from ..models.utils.sparsity import RATIO_CHOICES, PruningRatios, normalize_pruning_ratios, sample_pruning_ratios
 
-Genes = Tuple[Tuple[float, ...], ...]
+Genes = tuple[tuple[float, ...], ...]
 
 
 class SparsitySearchSpace:

@@ -7,8 +7,8 @@ least important stage's width to the next smaller candidate. It stops once the
 predicted latency is at or under the budget.
 """
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
 
 from ..models.backbones.efficientformer import conv_block_counts, stage_depths
 from .latency import predict_latency, subnet_entries
@@ -17,10 +17,10 @@ from .latency import predict_latency, subnet_entries
 @dataclass
 class SubNetwork:
     """Which MetaPaths keep their block and which width each stage uses."""
-    width_choices: List[List[int]]
-    conv_keep: List[List[bool]]
-    vit_keep: List[bool]
-    width_index: List[int]
+    width_choices: list[list[int]]
+    conv_keep: list[list[bool]]
+    vit_keep: list[bool]
+    width_index: list[int]
 
     @classmethod
     def full(cls, space: dict) -> 'SubNetwork':
@@ -30,10 +30,10 @@ class SubNetwork:
         return cls(choices, [[True] * n for n in num_conv], [True] * num_vit, [len(w) - 1 for w in choices])
 
     @property
-    def embed_dims(self) -> List[int]:
+    def embed_dims(self) -> list[int]:
         return [widths[i] for widths, i in zip(self.width_choices, self.width_index)]
 
-    def entries(self, input_size: Sequence[int]) -> List[str]:
+    def entries(self, input_size: Sequence[int]) -> list[str]:
         """Its lookup-table keys."""
         return subnet_entries(self.embed_dims, [sum(keep) for keep in self.conv_keep], sum(self.vit_keep),
                               input_size)
@@ -49,7 +49,7 @@ class SubNetwork:
 class SlimmingStep:
     """One applied action: what it changed, the importance it cost and the predicted latency after it."""
     action: str
-    target: Tuple[int, ...]
+    target: tuple[int, ...]
     importance_drop: float
     saved_ms: float
     latency_ms: float
@@ -63,7 +63,7 @@ class SlimmingStep:
                 f'predicted {self.latency_ms:.3f} ms')
 
 
-def _candidate_actions(net: SubNetwork, importance: dict) -> List[Tuple[str, tuple, float, SubNetwork]]:
+def _candidate_actions(net: SubNetwork, importance: dict) -> list[tuple[str, tuple, float, SubNetwork]]:
     """The three actions the paper allows, each as (action, target, importance drop, resulting net)."""
     actions = []
     kept_paths = [(importance['conv_paths'][s][b], s, b) for s, keep in enumerate(net.conv_keep)
@@ -101,7 +101,7 @@ def check_importance(space: dict, importance: dict) -> None:
 
 
 def slim(lut: dict, importance: dict, budget_ms: float,
-         start: Optional[SubNetwork] = None) -> Tuple[SubNetwork, List[SlimmingStep]]:
+         start: SubNetwork | None = None) -> tuple[SubNetwork, list[SlimmingStep]]:
     """Greedily slim the supernet of ``lut['space']`` until its predicted latency is <= ``budget_ms``.
 
     Args:

@@ -6,7 +6,7 @@ width and feature-map size (batch 1). Keys name all three, e.g.
 ``'block4d 48 @16x16'``, so equal parts of different stages share one entry.
 """
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ BIAS_MODE = 'official_dense'
 TABLE_SIDE = last_stage_table_side(800, num_stages=4)
 
 
-def stage_sizes(input_size: Sequence[int], num_stages: int) -> List[Tuple[int, int]]:
+def stage_sizes(input_size: Sequence[int], num_stages: int) -> list[tuple[int, int]]:
     """Feature-map size of each stage: stride 4 after the stem, then halved (rounded up) per stage."""
     height, width = (math.ceil(math.ceil(side / 2) / 2) for side in input_size)
     sizes = [(height, width)]
@@ -41,7 +41,7 @@ def _size(hw: Sequence[int]) -> str:
 
 
 def subnet_entries(embed_dims: Sequence[int], num_conv: Sequence[int], num_vit: int,
-                   input_size: Sequence[int], in_channels: int = 3) -> List[str]:
+                   input_size: Sequence[int], in_channels: int = 3) -> list[str]:
     """Lookup-table keys of every part of a network, one key per block (so repeated keys add up).
 
     Args:
@@ -61,7 +61,7 @@ def subnet_entries(embed_dims: Sequence[int], num_conv: Sequence[int], num_vit: 
     return keys
 
 
-def candidate_entries(space: dict, input_size: Sequence[int]) -> List[str]:
+def candidate_entries(space: dict, input_size: Sequence[int]) -> list[str]:
     """Every distinct key any sub-network of ``space`` (``width_choices``, ``depths``, ``num_vit``) can use."""
     choices = space['width_choices']
     sizes = stage_sizes(input_size, len(choices))
@@ -76,7 +76,7 @@ def candidate_entries(space: dict, input_size: Sequence[int]) -> List[str]:
     return list(dict.fromkeys(keys))
 
 
-def _entry_module(key: str) -> Tuple[nn.Module, tuple]:
+def _entry_module(key: str) -> tuple[nn.Module, tuple]:
     """The module an entry measures and its (batch-1) input."""
     kind, channels, at = key.split(' ')
     height, width = (int(v) for v in at[1:].split('x'))
@@ -96,7 +96,7 @@ def _entry_module(key: str) -> Tuple[nn.Module, tuple]:
 
 def build_latency_lut(space: dict, input_size: Sequence[int], device: str = 'cpu', warmup: int = 3,
                       repeats: int = 10,
-                      progress: Optional[Callable[[Iterable[str]], Iterable[str]]] = None) -> dict:
+                      progress: Callable[[Iterable[str]], Iterable[str]] | None = None) -> dict:
     """Measure every candidate of ``space`` on ``device``: median of ``repeats`` after ``warmup`` runs.
 
     Returns:

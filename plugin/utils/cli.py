@@ -4,8 +4,9 @@ import json
 import os
 import pickle
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -21,7 +22,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def image_size(text: str) -> Tuple[int, int]:
+def image_size(text: str) -> tuple[int, int]:
     """``'HxW'`` (or ``'N'`` for a square) -> ``(H, W)``, for ``type=`` of an argparse option."""
     try:
         sides = tuple(int(side) for side in text.lower().split('x'))
@@ -33,7 +34,7 @@ def image_size(text: str) -> Tuple[int, int]:
     return (sides[0], sides[-1])
 
 
-def pruning_ratios(text: str, named: Optional[Callable[[], Dict[str, list]]] = None) -> Union[float, list]:
+def pruning_ratios(text: str, named: Callable[[], dict[str, list]] | None = None) -> float | list:
     """Pruning ratios from the command line: a float, JSON with one entry per stage, or a name of ``named()``
     (called only for a name, e.g. ``plugin.models.utils.sparsity.paper_pruning_ratios``)."""
     try:
@@ -52,7 +53,7 @@ def pruning_ratios(text: str, named: Optional[Callable[[], Dict[str, list]]] = N
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, pickle.UnpicklingError)
 
 
-def run_tool(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+def run_tool(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a tool's ``main(argv)``; a bad input ends it with ``error: <message>`` and exit status 2, as
     argparse does (``EFFIDENSE_TRACEBACK=1`` shows the traceback instead)."""
     try:

@@ -7,7 +7,8 @@ rank reaches every rank, each of which then raises a clear error and exits.
 """
 import contextlib
 import os
-from typing import Callable, Iterator, NoReturn, Optional, Tuple, TypeVar, Union
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 import torch
 from mmengine.dist import all_gather_object, broadcast_object_list, get_rank, init_dist, is_distributed
@@ -17,7 +18,7 @@ from .cli import USER_ERRORS
 T = TypeVar('T')
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # A failure as it travels between ranks: (index into USER_ERRORS or -1, 'Type: message').
-Failure = Tuple[int, str]
+Failure = tuple[int, str]
 
 
 @contextlib.contextmanager
@@ -43,8 +44,8 @@ def check_launcher(launcher: str) -> None:
                          f"'none': pass --launcher pytorch")
 
 
-def init_distributed(launcher: str, device: Union[str, torch.device, None] = None,
-                     timeout: Optional[int] = None) -> None:
+def init_distributed(launcher: str, device: str | torch.device | None = None,
+                     timeout: int | None = None) -> None:
     """Start the default process group with MMEngine's launcher ('pytorch' under torchrun, 'slurm', 'mpi').
 
     'none' starts nothing (see :func:`check_launcher`), and a group already started is kept.

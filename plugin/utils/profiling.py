@@ -3,7 +3,8 @@ import math
 import platform
 import statistics
 import time
-from typing import Any, Callable, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -38,7 +39,7 @@ def device_name(device: torch.device | str) -> str:
     return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
 
 
-def _sdpa_macs_jit(inputs: List[Any], outputs: List[Any]) -> int:
+def _sdpa_macs_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """mmengine-analyzer handle of ``aten::scaled_dot_product_attention``: the two matrix products."""
     from mmengine.analysis.jit_handles import get_shape
     query, key, value = (get_shape(v) for v in inputs[:3])
@@ -86,12 +87,12 @@ def median_latency_ms(fn: Callable[[], Any],
 
 
 def alternating_latency_ms(fns: Sequence[Callable[[], Any]], device: torch.device | str = 'cpu', warmup: int = 3,
-                           repeats: int = 10) -> List[float]:
+                           repeats: int = 10) -> list[float]:
     """Median latency of each of ``fns``, timed in alternation (each round starting one callable later) so that
     changes of the machine's load hit all of them alike."""
     for fn in fns:
         median_latency_ms(fn, device, warmup, 1)  # warm-up only
-    times: List[List[float]] = [[] for _ in fns]
+    times: list[list[float]] = [[] for _ in fns]
     for round_index in range(repeats):
         for i in range(len(fns)):
             k = (round_index + i) % len(fns)
@@ -99,7 +100,7 @@ def alternating_latency_ms(fns: Sequence[Callable[[], Any]], device: torch.devic
     return [statistics.median(fn_times) for fn_times in times]
 
 
-def capture_cuda_graph(forward: Callable[[], Any], warmup: int = 3) -> Tuple['torch.cuda.CUDAGraph', Any]:
+def capture_cuda_graph(forward: Callable[[], Any], warmup: int = 3) -> tuple['torch.cuda.CUDAGraph', Any]:
     """``forward()`` captured as a CUDA graph, after ``warmup`` calls on a side stream (as capture needs).
 
     Returns the graph and the output tensors of the captured call: ``graph.replay()``

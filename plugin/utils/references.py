@@ -3,8 +3,8 @@ import contextlib
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
 
 import torch.nn as nn
 
@@ -49,7 +49,7 @@ def _mmdet_swin_from_source() -> type:
         return execute('mmdet.models.backbones.swin', package_dir / 'backbones/swin.py').SwinTransformer
 
 
-def mmdet_swin_transformer(**kwargs) -> Tuple[str, Optional[nn.Module]]:
+def mmdet_swin_transformer(**kwargs) -> tuple[str, nn.Module | None]:
     """``(name, mmdet's SwinTransformer(**kwargs))``, or ``(reason, None)`` when mmdet is not installed."""
     try:
         from mmdet.models.backbones import SwinTransformer

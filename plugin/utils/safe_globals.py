@@ -13,7 +13,8 @@ Loading stays weights-only; nothing is turned off.
 """
 import argparse
 import pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

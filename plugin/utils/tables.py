@@ -1,8 +1,8 @@
 """Markdown tables, the format every benchmark and the demo print their results in."""
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 
-def format_cell(value: object, float_format: Optional[str] = None) -> str:
+def format_cell(value: object, float_format: str | None = None) -> str:
     """A float with ``float_format`` (default: 3 significant digits, one decimal from 100 on); None as empty."""
     if isinstance(value, float):
         if float_format is not None:
@@ -11,7 +11,7 @@ def format_cell(value: object, float_format: Optional[str] = None) -> str:
     return '' if value is None else str(value)
 
 
-def markdown_table(rows: Sequence[Dict[str, object]], float_format: Optional[str] = None) -> str:
+def markdown_table(rows: Sequence[dict[str, object]], float_format: str | None = None) -> str:
     """Rows (dicts) as a markdown table; its columns are every key, in order of first appearance."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]

@@ -1,5 +1,5 @@
 """A readable picture of a semantic segmentation: the image, its ground truth and the prediction, side by side."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ def colour_labels(image: np.ndarray, labels: np.ndarray, palette: Sequence[Seque
 
 
 def draw_segmentation(image: np.ndarray, ground_truth: np.ndarray, prediction: np.ndarray,
-                      classes: Sequence[str], palette: Sequence[Sequence[int]], title: Optional[str] = None,
+                      classes: Sequence[str], palette: Sequence[Sequence[int]], title: str | None = None,
                       panel_inches: float = 3.2):
     """A matplotlib figure: ``image`` (RGB), its ``ground_truth`` and ``prediction`` label maps (H, W)
     coloured by ``palette``, on the same scale, with a legend of ``classes``."""

@@ -7,7 +7,7 @@ prefix of the same ranking, so earlier blocks keep a superset). Pruned
 windows are dimmed and the regular window grid is drawn over the image.
 """
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class StageWindows:
     window_pixels: int
 
 
-def stage_strides(backbone: nn.Module) -> List[int]:
+def stage_strides(backbone: nn.Module) -> list[int]:
     """Input pixels per token side at every stage, from the patch embedding and merging strides."""
     stride = backbone.patch_embed.projection.stride[0]
     strides = []
@@ -46,7 +46,7 @@ def stage_strides(backbone: nn.Module) -> List[int]:
     return strides
 
 
-def kept_window_masks(backbone: nn.Module, input_hw: Sequence[int], image_index: int = 0) -> List[StageWindows]:
+def kept_window_masks(backbone: nn.Module, input_hw: Sequence[int], image_index: int = 0) -> list[StageWindows]:
     """Per stage, the kept windows of its last unshifted block in the backbone's last forward pass.
 
     ``input_hw`` is the (H, W) of the tensor that pass received; ``image_index`` picks the image of the batch.
@@ -106,7 +106,7 @@ class WindowCoverage:
 
 
 def object_coverage(panels: Sequence[StageWindows], object_mask: np.ndarray,
-                    img_shape: Sequence[int]) -> List[WindowCoverage]:
+                    img_shape: Sequence[int]) -> list[WindowCoverage]:
     """Per panel (stage), how many ground-truth object pixels lie in its kept windows.
 
     Args:
@@ -132,15 +132,15 @@ class WindowPictureRow:
     """One model's row of a kept-windows picture: a label, its stage panels and a picture of its predictions."""
     label: str
     panels: Sequence[StageWindows]
-    prediction: Optional[np.ndarray] = None
+    prediction: np.ndarray | None = None
 
 
 def draw_kept_windows(image: np.ndarray,
                       panels: Sequence[StageWindows],
                       img_shape: Sequence[int],
-                      prediction: Optional[np.ndarray] = None,
-                      title: Optional[str] = None,
-                      object_masks: Optional[Sequence[np.ndarray]] = None):
+                      prediction: np.ndarray | None = None,
+                      title: str | None = None,
+                      object_masks: Sequence[np.ndarray] | None = None):
     """A matplotlib figure: one panel per stage with its kept windows, then the predictions.
 
     Args:
@@ -158,15 +158,15 @@ def draw_kept_windows(image: np.ndarray,
 def draw_kept_window_rows(image: np.ndarray,
                           rows: Sequence[WindowPictureRow],
                           img_shape: Sequence[int],
-                          title: Optional[str] = None,
-                          object_masks: Optional[Sequence[np.ndarray]] = None):
+                          title: str | None = None,
+                          object_masks: Sequence[np.ndarray] | None = None):
     """:func:`draw_kept_windows` with one row per model (e.g. per window scorer), all on the same image and scale."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     height, width = image.shape[:2]
-    scale: Tuple[float, float] = (height / img_shape[0], width / img_shape[1])
+    scale: tuple[float, float] = (height / img_shape[0], width / img_shape[1])
     columns = max(len(row.panels) + (row.prediction is not None) for row in rows)
     figure, axes = plt.subplots(len(rows), columns, figsize=(3.2 * columns, (3.2 * height / width + 0.6) * len(rows)),
                                 dpi=120, squeeze=False)

@@ -1,7 +1,6 @@
 """DDP training steps of each backbone on half of a batch per process, against the gradients of one
 process on the whole batch (run by worker.py in each of the 2 processes)."""
 import copy
-from typing import Dict
 from unittest import mock
 
 import torch
@@ -96,7 +95,7 @@ def compare(name: str, factory, find_unused: bool, rank: int, world: int) -> dic
                 without_gradient=sorted(k for k, g in expected.items() if g is None))
 
 
-def compare_all() -> Dict[str, dict]:
+def compare_all() -> dict[str, dict]:
     """Every case compared on this rank (the process group must exist)."""
     return {name: compare(name, factory, find_unused, get_rank(), get_world_size())
             for name, (factory, find_unused) in CASES.items()}

@@ -19,7 +19,7 @@ classification model, all needed for dense outputs:
 - any input size: the image is padded to a multiple of 16 and the position
   embedding resampled to the token grid.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -70,7 +70,7 @@ class PolicyAttention(Attention):
     straight-through gradient (log 0); without a policy it is timm's (fused) path.
     """
 
-    def forward(self, x: torch.Tensor, policy: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
         if policy is None:
             return super().forward(x)
         batch, num_tokens, _ = x.shape
@@ -88,7 +88,7 @@ class DynamicBlock(Block):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, attn_layer=PolicyAttention, **kwargs)
 
-    def forward(self, x: torch.Tensor, policy: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), policy=policy)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -103,7 +103,7 @@ class SimpleFeaturePyramid(BaseModule):
     """
 
     def __init__(self, in_channels: int, out_channels: Sequence[int], levels: Sequence[int],
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.branches = nn.ModuleList(self._branch(level, in_channels, out_channels[level]) for level in levels)
 
@@ -122,7 +122,7 @@ class SimpleFeaturePyramid(BaseModule):
             layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=1))
         return nn.Sequential(*layers)
 
-    def forward(self, feature_map: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, feature_map: torch.Tensor) -> list[torch.Tensor]:
         return [branch(feature_map) for branch in self.branches]
 
 
@@ -167,11 +167,11 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
     optional_key_groups = (r'^score_predictor\.', r'^pyramid\.')
 
     def __init__(self,
-                 arch: Optional[str] = None,
-                 embed_dims: Optional[int] = None,
-                 depth: Optional[int] = None,
-                 num_heads: Optional[int] = None,
-                 pretrain_img_size: Union[int, Tuple[int, int]] = 224,
+                 arch: str | None = None,
+                 embed_dims: int | None = None,
+                 depth: int | None = None,
+                 num_heads: int | None = None,
+                 pretrain_img_size: int | tuple[int, int] = 224,
                  in_channels: int = 3,
                  mlp_ratio: float = 4.,
                  qkv_bias: bool = True,
@@ -179,13 +179,13 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1,
                  pruning_locs: Sequence[int] = (3, 6, 9),
-                 keep_ratio: Union[float, Sequence[float]] = 0.7,
+                 keep_ratio: float | Sequence[float] = 0.7,
                  keep_ratio_loss_weight: float = 2.,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_channels: Union[int, Sequence[int], None] = None,
+                 out_channels: int | Sequence[int] | None = None,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         embed_dims, depth, num_heads = resolve_arch(
             arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depth=depth, num_heads=num_heads),
             ARCH_SETTINGS['deit-s']).values()
@@ -214,7 +214,7 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
         self.embed_dims = embed_dims
-        self._kept_fractions: List[torch.Tensor] = []
+        self._kept_fractions: list[torch.Tensor] = []
 
         # Padding to a multiple of the patch size lets any input size through.
         self.patch_embed = PatchEmbed(img_size=pretrain_img_size, patch_size=PATCH_SIZE, in_chans=in_channels,
@@ -233,7 +233,7 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         self.pyramid = SimpleFeaturePyramid(embed_dims, out_channels, self.out_indices)
 
     @staticmethod
-    def _check_pruning_locs(pruning_locs: Sequence[int], depth: int) -> Tuple[int, ...]:
+    def _check_pruning_locs(pruning_locs: Sequence[int], depth: int) -> tuple[int, ...]:
         locs = tuple(pruning_locs)
         if any(not isinstance(loc, int) or not 0 <= loc < depth for loc in locs) or list(locs) != sorted(set(locs)):
             raise ValueError(f'pruning_locs must be strictly increasing block indices in [0, depth={depth}), '
@@ -241,7 +241,7 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         return locs
 
     @staticmethod
-    def _check_keep_ratios(keep_ratio: Union[float, Sequence[float]], num_locs: int) -> Tuple[float, ...]:
+    def _check_keep_ratios(keep_ratio: float | Sequence[float], num_locs: int) -> tuple[float, ...]:
         if isinstance(keep_ratio, (int, float)):
             if not 0. < keep_ratio <= 1.:
                 raise ValueError(f'keep_ratio must lie in (0, 1], got {keep_ratio}')
@@ -259,7 +259,7 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         return self
 
     def _freeze_stages(self) -> None:
-        frozen: List[nn.Module] = []
+        frozen: list[nn.Module] = []
         if self.frozen_stages >= 0:
             frozen.append(self.patch_embed)
             self.cls_token.requires_grad = False
@@ -350,7 +350,7 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         x = self._forward_masked(x) if self.training and self.pruning_locs else self._forward_gathered(x)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Images ``(B, C, H, W)`` -> the pyramid levels of ``out_indices``, full size (every token)."""
         height, width = self.patch_embed.dynamic_feat_size(x.shape[-2:])
         tokens = self.forward_features(x)[:, 1:]
@@ -358,11 +358,11 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         return tuple(self.pyramid(feature_map))
 
     @property
-    def kept_fractions(self) -> List[torch.Tensor]:
+    def kept_fractions(self) -> list[torch.Tensor]:
         """Per pruning location, each image's kept fraction ``(B,)`` in the last training forward."""
         return self._kept_fractions
 
-    def auxiliary_losses(self) -> Dict[str, torch.Tensor]:
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """``loss_keep_ratio`` (weighted) of the last training forward, for the detector's losses; {} otherwise."""
         if not self._kept_fractions:
             return {}

@@ -22,7 +22,7 @@ needs what timm's and the authors' classification modules lack:
   checkpoint loading that converts the authors', timm's and mmpretrain's keys.
 """
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,13 +57,13 @@ ARCH_SETTINGS = {
 }
 
 
-def relative_offset_index(query_hw: Tuple[int, int], key_hw: Tuple[int, int], query_stride: int,
-                          row_length: int, device: Optional[torch.device] = None) -> torch.Tensor:
+def relative_offset_index(query_hw: tuple[int, int], key_hw: tuple[int, int], query_stride: int,
+                          row_length: int, device: torch.device | None = None) -> torch.Tensor:
     """``(Nq, Nk)`` table index ``|dy| * row_length + |dx|`` of every query-key pair.
 
     Query ``(qy, qx)`` sits at ``(query_stride * qy, query_stride * qx)`` of the key grid.
     """
-    def grid(hw: Tuple[int, int], step: int) -> torch.Tensor:
+    def grid(hw: tuple[int, int], step: int) -> torch.Tensor:
         rows, cols = (torch.arange(n, device=device) * step for n in hw)
         return torch.stack(torch.meshgrid(rows, cols, indexing='ij')).flatten(1)
 
@@ -83,7 +83,7 @@ class RelativeBiasAttention(BaseModule):
     """
 
     def __init__(self, num_heads: int, bias_mode: str, table_side: int, query_stride: int = 1,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if bias_mode not in BIAS_MODES:
             raise ValueError(f'bias_mode must be one of {BIAS_MODES}, got {bias_mode!r}')
@@ -103,9 +103,9 @@ class RelativeBiasAttention(BaseModule):
                 persistent=False)
         else:
             self.attention_biases = table
-        self._cached_bias: Optional[Tuple[tuple, torch.Tensor]] = None
+        self._cached_bias: tuple[tuple, torch.Tensor] | None = None
 
-    def attention_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
+    def attention_bias(self, query_hw: tuple[int, int], key_hw: tuple[int, int]) -> torch.Tensor:
         """``(num_heads, Nq, Nk)`` bias for queries on ``query_hw`` and keys on ``key_hw``."""
         # Inference reuses the bias of the last input size; training needs its graph, and an export would
         # bake a cached bias into its graph as a constant (or cache a traced stand-in).
@@ -121,12 +121,12 @@ class RelativeBiasAttention(BaseModule):
             self._cached_bias = (size_key, bias)
         return bias
 
-    def _official_dense_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
+    def _official_dense_bias(self, query_hw: tuple[int, int], key_hw: tuple[int, int]) -> torch.Tensor:
         pairs = self.attention_biases_seg[:, self.table_pair_index]
         size = (query_hw[0] * query_hw[1], key_hw[0] * key_hw[1])
         return F.interpolate(pairs[None], size=size, mode='bicubic', align_corners=False)[0]
 
-    def _geometric_bias(self, query_hw: Tuple[int, int], key_hw: Tuple[int, int]) -> torch.Tensor:
+    def _geometric_bias(self, query_hw: tuple[int, int], key_hw: tuple[int, int]) -> torch.Tensor:
         side = self.table_side
         table = self.attention_biases.view(1, self.num_heads, side, side)
         # An export resamples at every size (at the table's own size an identity), so that the size stays a variable.
@@ -161,7 +161,7 @@ class Attention(RelativeBiasAttention):
         self.qkv = nn.Linear(dim, (2 * key_dim + self.val_dim) * num_heads)
         self.proj = nn.Linear(self.val_dim * num_heads, dim)
 
-    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw_shape: tuple[int, int]) -> torch.Tensor:
         """x: ``(B, H*W, C)`` tokens of an ``hw_shape`` grid."""
         batch, tokens, _ = x.shape
         # Explicit sizes, not -1: an empty batch has no size to infer.
@@ -188,7 +188,7 @@ class AttentionMetaBlock(BaseModule):
         self.ls2 = LayerScale(dim, layer_scale_init_value)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw_shape: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x), hw_shape)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -232,13 +232,13 @@ def check_num_vit(num_vit: int, depths: Sequence[int]) -> None:
         raise ValueError(f'num_vit must lie in [0, depths[-1]={depths[-1]}], got {num_vit}')
 
 
-def conv_block_counts(depths: Sequence[int], num_vit: int) -> List[int]:
+def conv_block_counts(depths: Sequence[int], num_vit: int) -> list[int]:
     """4D MetaBlocks per stage: every block, except the last stage's final ``num_vit`` (3D MHSA ones)."""
     check_num_vit(num_vit, depths)
     return [*depths[:-1], depths[-1] - num_vit]
 
 
-def stage_depths(num_conv: Sequence[int], num_vit: int) -> List[int]:
+def stage_depths(num_conv: Sequence[int], num_vit: int) -> list[int]:
     """Blocks per stage of 4D MetaBlock counts and ``num_vit`` 3D ones at the end: the inverse of
     :func:`conv_block_counts`."""
     return [*num_conv[:-1], num_conv[-1] + num_vit]
@@ -262,14 +262,14 @@ class EfficientFormerBase(PretrainedInitMixin, BaseModule):
     # then stay at their initialisation (the tables at zero, as the authors start them).
     optional_key_groups = (r'^norm\d+\.', r'\.attention_biases_seg$')
     convert_keys: Callable[[StateDict], StateDict] = staticmethod(convert_efficientformer_keys)
-    fusable_pairs: Dict[Type[nn.Module], Tuple[Tuple[str, str], ...]] = {
+    fusable_pairs: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
         Stem4: (('conv1', 'norm1'), ('conv2', 'norm2')),
         Downsample: (('conv', 'norm'),),
         ConvMlpWithNorm: (('fc1', 'norm1'), ('fc2', 'norm2')),
     }
 
     def __init__(self, num_stages: int, bias_mode: str, out_indices: Sequence[int], frozen_stages: int,
-                 norm_eval: bool, init_cfg: Optional[dict]) -> None:
+                 norm_eval: bool, init_cfg: dict | None) -> None:
         super().__init__(init_cfg=init_cfg)
         if bias_mode not in BIAS_MODES:
             raise ValueError(f'bias_mode must be one of {BIAS_MODES}, got {bias_mode!r}')
@@ -290,12 +290,12 @@ class EfficientFormerBase(PretrainedInitMixin, BaseModule):
         classification size ('geometric', the ImageNet table)."""
         return dense_img_size if bias_mode == 'official_dense' else pretrain_img_size
 
-    def _add_output_norms(self, channels: Sequence[int], out_norm_cfg: Optional[dict]) -> None:
+    def _add_output_norms(self, channels: Sequence[int], out_norm_cfg: dict | None) -> None:
         for i in self.out_indices:
             norm = build_norm_layer(out_norm_cfg, channels[i])[1] if out_norm_cfg else nn.Identity()
             self.add_module(f'norm{i}', norm)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Stage outputs ``(B, C_i, H / 2**(i+2), W / 2**(i+2))`` for ``i`` in ``out_indices``."""
         x = self.stem(x)
         outs = []
@@ -339,7 +339,7 @@ class EfficientFormerBase(PretrainedInitMixin, BaseModule):
             state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attention_biases')}
         return state_dict
 
-    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> str | None:
         own = self.state_dict()
         if self.bias_mode == 'geometric' and any(k.endswith('attention_biases_seg') for k in state_dict):
             return "It is a dense-prediction checkpoint of the authors' backbone: use bias_mode='official_dense'."
@@ -402,10 +402,10 @@ class EfficientFormer(EfficientFormerBase):
     """
 
     def __init__(self,
-                 arch: Optional[str] = None,
-                 embed_dims: Optional[Sequence[int]] = None,
-                 depths: Optional[Sequence[int]] = None,
-                 num_vit: Optional[int] = None,
+                 arch: str | None = None,
+                 embed_dims: Sequence[int] | None = None,
+                 depths: Sequence[int] | None = None,
+                 num_vit: int | None = None,
                  in_channels: int = 3,
                  mlp_ratio: float = 4.,
                  pool_size: int = 3,
@@ -413,14 +413,14 @@ class EfficientFormer(EfficientFormerBase):
                  pretrain_img_size: int = 224,
                  dense_img_size: int = 800,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_norm_cfg: Optional[dict] = dict(type='GN', num_groups=1),
+                 out_norm_cfg: dict | None = dict(type='GN', num_groups=1),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-5,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         embed_dims, depths, num_vit = resolve_arch(
             arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, num_vit=num_vit),
             ARCH_SETTINGS['l1']).values()

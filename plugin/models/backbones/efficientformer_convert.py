@@ -19,7 +19,7 @@ attention index buffers, which our modules compute for each input size.
 """
 import re
 from collections import OrderedDict
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
 from timm.models.efficientformer import checkpoint_filter_fn as timm_v1_checkpoint_filter_fn
 
@@ -30,7 +30,7 @@ _DROPPED_KEY = re.compile(r'^(norm|head|head_dist|dist_head)\.|(^|\.)attention_b
 _BLOCK_KEY = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.')
 
 
-def _rename(key: str, rules: List[Tuple[str, str]]) -> str:
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
     """Apply the first rule whose pattern occurs in ``key``."""
     for pattern, replacement in rules:
         new_key, count = re.subn(pattern, replacement, key, count=1)
@@ -148,7 +148,7 @@ def convert_efficientformerv2_keys(state_dict: StateDict) -> StateDict:
     return OrderedDict((k, v) for k, v in state_dict.items() if not _DROPPED_KEY.search(k))
 
 
-KEY_CONVERTERS: Dict[str, Callable[[StateDict], StateDict]] = {
+KEY_CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     'efficientformer': convert_efficientformer_keys,
     'efficientformerv2': convert_efficientformerv2_keys,
 }

@@ -14,7 +14,7 @@ weights, need no separate layers, and the slimmed network keeps the leading
 channels, which is what the mask trained. The blocks are EfficientFormer's own
 (timm's ``MetaBlock2d``, ``Downsample``, ``Stem4`` and our ``AttentionMetaBlock``).
 """
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -98,7 +98,7 @@ class WidthChoice(GumbelChoice):
         """``(C_max,)`` mask: the choice weights summed over the candidates that keep each channel."""
         return self.choice_weights() @ self.masks
 
-    def importance(self) -> List[float]:
+    def importance(self) -> list[float]:
         """``P(width >= widths[i])`` per candidate: how much the channels added by ``widths[i]`` are used."""
         return self.probabilities().flip(0).cumsum(0).flip(0).tolist()
 
@@ -169,7 +169,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
                  pretrain_img_size: int = 224,
                  dense_img_size: int = 800,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_norm_cfg: Optional[dict] = dict(type='GN', num_groups=1),
+                 out_norm_cfg: dict | None = dict(type='GN', num_groups=1),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
@@ -177,7 +177,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-5,
                  temperature: float = 5.,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         space = supernet_search_space(width_choices, depths, num_vit)
         super().__init__(len(depths), bias_mode, out_indices, frozen_stages, norm_eval, init_cfg)
         self.width_choices = tuple(tuple(widths) for widths in space['width_choices'])
@@ -222,7 +222,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
         """What ``plugin.slimming`` needs to enumerate candidates: widths, depths, num_vit."""
         return supernet_search_space(self.width_choices, self.depths, self.num_vit)
 
-    def importance(self) -> Dict[str, list]:
+    def importance(self) -> dict[str, list]:
         """Learned importance scores.
 
         Returns:

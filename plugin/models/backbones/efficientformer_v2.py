@@ -15,7 +15,7 @@ dense ones still assume even feature maps. Bias modes, output norms, freezing,
 checkpoint loading and Conv-BN folding are shared with :mod:`.efficientformer`.
 """
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,7 @@ class Attention2d(RelativeBiasAttention):
     """
 
     def __init__(self, dim: int, bias_mode: str, table_side: int, key_dim: int = 32, num_heads: int = 8,
-                 attn_ratio: int = 4, stride: Optional[int] = None, act_layer: type = nn.GELU) -> None:
+                 attn_ratio: int = 4, stride: int | None = None, act_layer: type = nn.GELU) -> None:
         super().__init__(num_heads, bias_mode, table_side)
         self.key_dim = key_dim
         self.value_dim = int(attn_ratio * key_dim)
@@ -142,7 +142,7 @@ class EfficientFormerV2Block(BaseModule):
     """timm's ``EfficientFormerV2Block`` (same parameters) with the any-size attention."""
 
     def __init__(self, dim: int, mlp_ratio: float, use_attn: bool, bias_mode: str, table_side: int,
-                 attn_stride: Optional[int] = None, proj_drop: float = 0., drop_path: float = 0.,
+                 attn_stride: int | None = None, proj_drop: float = 0., drop_path: float = 0.,
                  layer_scale_init_value: float = 1e-5, act_layer: type = nn.GELU) -> None:
         super().__init__()
         self.token_mixer = None
@@ -165,7 +165,7 @@ class EfficientFormerV2Stage(BaseModule):
     """Downsampling (with attention from the fourth stage on), then blocks whose last ``num_attn`` attend."""
 
     def __init__(self, in_channels: int, out_channels: int, depth: int, mlp_ratios: Sequence[float],
-                 num_attn: int, attn_stride: Optional[int], downsample: bool, downsample_attn: bool,
+                 num_attn: int, attn_stride: int | None, downsample: bool, downsample_attn: bool,
                  bias_mode: str, block_table_side: int, downsample_table_side: int,
                  drop_path_rates: Sequence[float], proj_drop: float = 0., layer_scale_init_value: float = 1e-5,
                  with_cp: bool = False) -> None:
@@ -218,24 +218,24 @@ class EfficientFormerV2(EfficientFormerBase):
     fusable_pairs = {ConvNorm: (('conv', 'bn'),), ConvNormAct: (('conv', 'bn'),)}
 
     def __init__(self,
-                 arch: Optional[str] = None,
-                 embed_dims: Optional[Sequence[int]] = None,
-                 depths: Optional[Sequence[int]] = None,
-                 mlp_ratios: Optional[Sequence[Union[float, Sequence[float]]]] = None,
-                 num_vit: Optional[int] = None,
+                 arch: str | None = None,
+                 embed_dims: Sequence[int] | None = None,
+                 depths: Sequence[int] | None = None,
+                 mlp_ratios: Sequence[float | Sequence[float]] | None = None,
+                 num_vit: int | None = None,
                  in_channels: int = 3,
                  bias_mode: str = 'official_dense',
                  pretrain_img_size: int = 224,
                  dense_img_size: int = 800,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_norm_cfg: Optional[dict] = None,
+                 out_norm_cfg: dict | None = None,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-5,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         embed_dims, depths, mlp_ratios, num_vit = resolve_arch(
             arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios, num_vit=num_vit),
             ARCH_SETTINGS['s0']).values()

@@ -19,7 +19,7 @@ Differences from a dense Swin, all needed for window sparsity:
 import re
 import warnings
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -91,10 +91,10 @@ class WindowMSA(BaseModule):
                  num_heads: int,
                  window_size: int,
                  qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None,
+                 qk_scale: float | None = None,
                  attn_drop_rate: float = 0.,
                  proj_drop_rate: float = 0.,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
@@ -123,7 +123,7 @@ class WindowMSA(BaseModule):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
 
-    def attention_mask(self, shift_mask: Optional[torch.Tensor], num_windows: int,
+    def attention_mask(self, shift_mask: torch.Tensor | None, num_windows: int,
                        dtype: torch.dtype) -> torch.Tensor:
         """Relative-position bias plus the shift mask, ``(num_heads, N, N)`` or ``(num_windows, num_heads, N, N)``.
 
@@ -138,7 +138,7 @@ class WindowMSA(BaseModule):
             mask = mask.expand(batch, -1, -1, -1, -1).reshape(num_windows, *mask.shape[2:])
         return mask[..., :tokens]
 
-    def forward(self, x: torch.Tensor, shift_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: ``(B * k, N, C)``; shift_mask: ``(B or 1, k, N, Np)`` in the padded layout of
         ``WindowGrid.attn_mask``, or None."""
         num_windows, tokens, channels = x.shape
@@ -170,11 +170,11 @@ class ShiftWindowMSA(BaseModule):
                  window_size: int,
                  shift_size: int = 0,
                  qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None,
+                 qk_scale: float | None = None,
                  attn_drop_rate: float = 0.,
                  proj_drop_rate: float = 0.,
                  dropout_layer: dict = dict(type='DropPath', drop_prob=0.),
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
         if not 0 <= shift_size < window_size:
             raise ValueError(f'shift_size must lie in [0, window_size={window_size}), got {shift_size}')
@@ -184,7 +184,7 @@ class ShiftWindowMSA(BaseModule):
                                attn_drop_rate, proj_drop_rate)
         self.drop = build_dropout(dropout_layer)
 
-    def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, windows: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """windows: ``(B, k, N, C)``; shift_mask: ``(B or 1, k, N, Np)`` (see ``WindowMSA.forward``) or None."""
         batch, num_windows, tokens, channels = windows.shape
         out = self.w_msa(windows.reshape(-1, tokens, channels), shift_mask)
@@ -202,14 +202,14 @@ class SparseSwinBlock(BaseModule):
                  window_size: int = 7,
                  shift: bool = False,
                  qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None,
+                 qk_scale: float | None = None,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
@@ -237,8 +237,8 @@ class SparseSwinBlock(BaseModule):
     def shift_size(self) -> int:
         return self.attn.shift_size
 
-    def _forward_windows(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor],
-                         valid: Optional[torch.Tensor]) -> torch.Tensor:
+    def _forward_windows(self, windows: torch.Tensor, shift_mask: torch.Tensor | None,
+                         valid: torch.Tensor | None) -> torch.Tensor:
         x = layer_norm_in_input_precision(self.norm1, windows)
         if valid is not None:
             # mmdet pads *after* norm1, so padded tokens enter attention as zeros.
@@ -246,8 +246,8 @@ class SparseSwinBlock(BaseModule):
         x = windows + self.attn(x, shift_mask)
         return self.ffn(layer_norm_in_input_precision(self.norm2, x), identity=x)
 
-    def forward(self, windows: torch.Tensor, shift_mask: Optional[torch.Tensor] = None,
-                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """windows ``(B, k, N, C)``; shift_mask ``(B or 1, k, N, Np)`` and valid broadcastable to ``(B, k, N)``."""
         return run_block(self._forward_windows, windows, shift_mask, valid, with_cp=self.with_cp)
 
@@ -260,7 +260,7 @@ class TokenPatchMerging(PatchMerging):
     same tensor in one pass. Same parameters; other settings run mmcv's forward.
     """
 
-    def forward(self, x: torch.Tensor, input_size: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def forward(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
         H, W = input_size
         corner_padding = self.adaptive_padding is not None and self.adaptive_padding.padding == 'corner'
         swin_setting = (tuple(self.sampler.kernel_size) == tuple(self.sampler.stride) == (2, 2)
@@ -288,16 +288,16 @@ class SparseSwinBlockSequence(BaseModule):
                  depth: int,
                  window_size: int = 7,
                  qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None,
+                 qk_scale: float | None = None,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
-                 drop_path_rate: Union[float, List[float]] = 0.,
-                 downsample: Optional[BaseModule] = None,
+                 drop_path_rate: float | list[float] = 0.,
+                 downsample: BaseModule | None = None,
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
                  scorer: str = 'l2',
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         drop_path_rates = drop_path_rate if isinstance(drop_path_rate, list) else [drop_path_rate] * depth
         self.window_size = window_size
@@ -320,12 +320,12 @@ class SparseSwinBlockSequence(BaseModule):
         self.downsample = downsample
         # DynamicViT's predictor, pooled per window, replaces the L2 ranking when scorer='learned'.
         self.window_scorer = TokenKeepPredictor(embed_dims) if scorer == 'learned' else None
-        self.kept_fractions: List[torch.Tensor] = []
-        self.keep_targets: List[float] = []
+        self.kept_fractions: list[torch.Tensor] = []
+        self.keep_targets: list[float] = []
 
-    def forward(self, x: torch.Tensor, hw_shape: Tuple[int, int], ratios: Sequence[float]
-                ) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor, Tuple[int, int],
-                           List[Optional[torch.Tensor]]]:
+    def forward(self, x: torch.Tensor, hw_shape: tuple[int, int], ratios: Sequence[float]
+                ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, tuple[int, int],
+                           list[torch.Tensor | None]]:
         """Run the stage on tokens ``x`` ``(B, H*W, C)`` with one pruning ratio per block.
 
         Returns the downsampled tokens and shape, the stage output and shape, and
@@ -342,12 +342,12 @@ class SparseSwinBlockSequence(BaseModule):
         shift_sizes = sorted({block.shift_size for block in self.blocks})
         # A compiled graph computes the (pure) tables itself; eager mode reuses cached ones.
         build_grid = build_window_grid.__wrapped__ if torch.compiler.is_compiling() else build_window_grid
-        grids: Dict[int, WindowGrid] = {
+        grids: dict[int, WindowGrid] = {
             shift: build_grid(hw_shape, self.window_size, shift, x.device) for shift in shift_sizes}
-        rankings: Optional[Dict[int, torch.Tensor]] = None
+        rankings: dict[int, torch.Tensor] | None = None
         # Learned scorer in training: per grid, each window's keep log-odds plus one noise draw (see _run_nested).
-        perturbed_scores: Optional[Dict[int, torch.Tensor]] = None
-        kept_per_block: List[Optional[torch.Tensor]] = []
+        perturbed_scores: dict[int, torch.Tensor] | None = None
+        kept_per_block: list[torch.Tensor | None] = []
         self.kept_fractions, self.keep_targets = [], []
         for block, ratio in zip(self.blocks, ratios):
             grid = grids[block.shift_size]
@@ -391,7 +391,7 @@ class SparseSwinBlockSequence(BaseModule):
         x_down, down_hw_shape = self.downsample(out, hw_shape)
         return x_down, down_hw_shape, out, hw_shape, kept_per_block
 
-    def _inside_map(self, hw_shape: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+    def _inside_map(self, hw_shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
         """``(Hp*Wp,)`` True for tokens of the unpadded map; None when nothing is padded."""
         Hp, Wp = padded_shape(hw_shape, self.window_size)
         if (Hp, Wp) == tuple(hw_shape):
@@ -400,8 +400,8 @@ class SparseSwinBlockSequence(BaseModule):
         cols = torch.arange(Wp, device=device)
         return ((rows < hw_shape[0])[:, None] & (cols < hw_shape[1])[None, :]).view(-1)
 
-    def _rank_windows(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
-                      grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
+    def _rank_windows(self, tokens: torch.Tensor, hw_shape: tuple[int, int],
+                      grids: dict[int, WindowGrid]) -> dict[int, torch.Tensor]:
         """Rank every grid's windows once, from the padded tokens ``(B, Hp*Wp, C)`` entering the first pruned block."""
         activity = tokens.abs().mean(-1)
         inside = self._inside_map(hw_shape, tokens.device)
@@ -411,8 +411,8 @@ class SparseSwinBlockSequence(BaseModule):
         return {shift: windows_by_score(window_l2_scores(activity, grid.token_index))
                 for shift, grid in grids.items()}
 
-    def _learned_window_log_odds(self, tokens: torch.Tensor, hw_shape: Tuple[int, int],
-                                 grids: Dict[int, WindowGrid]) -> Dict[int, torch.Tensor]:
+    def _learned_window_log_odds(self, tokens: torch.Tensor, hw_shape: tuple[int, int],
+                                 grids: dict[int, WindowGrid]) -> dict[int, torch.Tensor]:
         """Per grid ``(B, nW)`` keep-vs-drop log-odds: the predictor's token log-probabilities averaged per window."""
         inside = self._inside_map(hw_shape, tokens.device)
         policy = tokens.new_ones(tokens.shape[:2]) if inside is None else inside.to(tokens.dtype).expand(
@@ -481,18 +481,18 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
     optional_key_groups = (r'^norm\d+\.', r'\.window_scorer\.', r'relative_position_index$')
 
     def __init__(self,
-                 pretrain_img_size: Union[int, Tuple[int, int]] = 224,
+                 pretrain_img_size: int | tuple[int, int] = 224,
                  in_channels: int = 3,
-                 embed_dims: Optional[int] = None,
+                 embed_dims: int | None = None,
                  patch_size: int = 4,
                  window_size: int = 7,
                  mlp_ratio: int = 4,
-                 depths: Optional[Sequence[int]] = None,
-                 num_heads: Optional[Sequence[int]] = None,
+                 depths: Sequence[int] | None = None,
+                 num_heads: Sequence[int] | None = None,
                  strides: Sequence[int] = (4, 2, 2, 2),
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None,
+                 qk_scale: float | None = None,
                  patch_norm: bool = True,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
@@ -501,14 +501,14 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  norm_cfg: dict = dict(type='LN'),
                  with_cp: bool = False,
-                 pretrained: Optional[str] = None,
+                 pretrained: str | None = None,
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
-                 pruning_ratios: Union[float, Sequence] = 0.,
+                 pruning_ratios: float | Sequence = 0.,
                  scorer: str = 'l2',
                  keep_ratio_loss_weight: float = 2.,
-                 arch: Optional[str] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 arch: str | None = None,
+                 init_cfg: dict | None = None) -> None:
         embed_dims, depths, num_heads = resolve_arch(
             arch, ARCH_SETTINGS, dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads),
             ARCH_SETTINGS['tiny']).values()
@@ -542,8 +542,8 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
         self.depths = tuple(depths)
         self.window_size = window_size
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
-        self.kept_windows: List[List[Optional[torch.Tensor]]] = []
-        self.stage_hw_shapes: List[Tuple[int, int]] = []
+        self.kept_windows: list[list[torch.Tensor | None]] = []
+        self.stage_hw_shapes: list[tuple[int, int]] = []
 
         self.patch_embed = PatchEmbed(
             in_channels=in_channels,
@@ -593,7 +593,7 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
 
     @staticmethod
-    def _check_pretrain_img_size(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    def _check_pretrain_img_size(size: int | Sequence[int]) -> tuple[int, int]:
         """mmdet's rule: an int, or a tuple (here also a list) of one or two ints."""
         if isinstance(size, int) and not isinstance(size, bool):
             return size, size
@@ -602,11 +602,11 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             return int(size[0]), int(size[-1])
         raise ValueError(f'pretrain_img_size must be an int or a tuple of 1 or 2 ints, got {size!r}')
 
-    def set_pruning_ratios(self, pruning_ratios: Union[float, Sequence]) -> None:
+    def set_pruning_ratios(self, pruning_ratios: float | Sequence) -> None:
         """Change the per-block ratios (same forms and checks as the constructor argument)."""
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
 
-    def auxiliary_losses(self) -> Dict[str, torch.Tensor]:
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """``loss_window_keep_ratio`` of the last training forward with the learned scorer; {} otherwise.
 
         The detector/segmentor subclasses in ``plugin.models.detectors`` add it to their losses.
@@ -670,7 +670,7 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
                 state_dict[key] = resample_pos_embed(value, (side, side), self.pos_embed_shape)
         return state_dict
 
-    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> str | None:
         if any(key.startswith('layers.') for key in state_dict) and not self.convert_weights:
             return 'Its keys are the official Swin release\'s (layers.*): set convert_weights=True.'
         depths = [1 + max((int(m[2]) for m in map(re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.').match,
@@ -680,7 +680,7 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             return f'The checkpoint has {depths} blocks per stage, the model {list(self.depths)}: check arch/depths.'
         return None
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x, hw_shape = self.patch_embed(x)
         if self.use_abs_pos_embed:
             pos_embed = self.absolute_pos_embed
@@ -705,8 +705,8 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
         return outs
 
-    def _warn_on_empty_blocks(self, kept_windows: List[List[Optional[torch.Tensor]]],
-                              stage_shapes: List[Tuple[int, int]]) -> None:
+    def _warn_on_empty_blocks(self, kept_windows: list[list[torch.Tensor | None]],
+                              stage_shapes: list[tuple[int, int]]) -> None:
         for stage, (kept_per_block, hw_shape) in enumerate(zip(kept_windows, stage_shapes)):
             for block, kept in enumerate(kept_per_block):
                 if kept is not None and kept.shape[1] == 0:
@@ -718,8 +718,8 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
                                   f'skipped: lower that stage\'s ratios or use a larger input')
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, source_hw: Tuple[int, int],
-                       target_hw: Tuple[int, int]) -> torch.Tensor:
+def resample_pos_embed(pos_embed: torch.Tensor, source_hw: tuple[int, int],
+                       target_hw: tuple[int, int]) -> torch.Tensor:
     """``(1, h*w, C)`` absolute position embedding of a ``source_hw`` grid, resampled bicubically to ``target_hw``."""
     grid = pos_embed.reshape(1, *source_hw, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=target_hw, mode='bicubic', align_corners=False)

@@ -1,5 +1,4 @@
 """A mixin that adds the backbone's auxiliary losses to a detector's or segmentor's losses."""
-from typing import Dict
 
 import torch
 
@@ -19,7 +18,7 @@ class BackboneLossMixin:
             raise TypeError(f'{type(self).__name__} needs a backbone with an auxiliary_losses() method '
                             f'(e.g. DynamicViT), got {type(self.backbone).__name__}')
 
-    def loss(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
+    def loss(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         losses = super().loss(*args, **kwargs)
         auxiliary = self.backbone.auxiliary_losses()
         clashes = sorted(auxiliary.keys() & losses.keys())

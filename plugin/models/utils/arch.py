@@ -1,5 +1,6 @@
 """Architecture presets (``arch='tiny'``, ``'l1'``, ...) and explicit arguments, resolved one way for every backbone."""
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 
 def _normalized(value: Any) -> Any:
@@ -9,8 +10,8 @@ def _normalized(value: Any) -> Any:
     return value
 
 
-def resolve_arch(arch: Optional[str], presets: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any],
-                 defaults: Mapping[str, Any]) -> Dict[str, Any]:
+def resolve_arch(arch: str | None, presets: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any],
+                 defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The architecture arguments of a backbone.
 
     Args:

@@ -1,5 +1,6 @@
 """Running a block with optional gradient checkpointing, and freezing parts: the one way every backbone does it."""
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn

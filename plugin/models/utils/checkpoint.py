@@ -19,9 +19,9 @@ Initialisation (:func:`init_backbone_weights`): the one rule of every backbone.
 import pickle
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,8 +29,8 @@ from mmengine.logging import MMLogger
 from mmengine.model.weight_init import initialize
 from mmengine.runner.checkpoint import CheckpointLoader
 
-StateDict = Dict[str, torch.Tensor]
-InitCfg = Union[dict, Sequence[dict], None]
+StateDict = dict[str, torch.Tensor]
+InitCfg = dict | Sequence[dict] | None
 
 # The keys of a Pretrained init_cfg: mmengine's, plus allow_partial (this module's policy switch).
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'allow_partial')
@@ -103,7 +103,7 @@ def select_prefix(state_dict: StateDict, prefix: str) -> StateDict:
     return selected
 
 
-def backbone_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> StateDict:
+def backbone_state_dict(checkpoint: dict, prefix: str | None = None) -> StateDict:
     """A backbone's weights in a checkpoint: the entries under ``prefix`` when it is given,
     else those under ``backbone.`` (a detector's or segmentor's checkpoint) if any, else all."""
     state_dict = checkpoint_state_dict(checkpoint)
@@ -119,9 +119,9 @@ class LoadReport:
     """What a load did, in ``load_state_dict``'s vocabulary: the module's keys left at their
     initialisation (optional ones, or skipped under ``allow_partial``), the checkpoint's keys not
     used, and the shape mismatches skipped."""
-    missing_keys: List[str] = field(default_factory=list)
-    unexpected_keys: List[str] = field(default_factory=list)
-    mismatched: List[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
 
 
 def _listing(name: str, keys: Sequence[str]) -> str:
@@ -130,7 +130,7 @@ def _listing(name: str, keys: Sequence[str]) -> str:
 
 
 def mismatch_message(target: str, source: str, missing: Sequence[str], unexpected: Sequence[str],
-                     mismatched: Sequence[str], checkpoint_keys: StateDict, hint: Optional[str] = None) -> str:
+                     mismatched: Sequence[str], checkpoint_keys: StateDict, hint: str | None = None) -> str:
     """The text of a :class:`CheckpointMismatchError`."""
     message = f'{source} does not fit {target}:'
     for name, keys in (('missing keys', missing), ('unexpected keys', unexpected),
@@ -146,8 +146,8 @@ def mismatch_message(target: str, source: str, missing: Sequence[str], unexpecte
 
 
 def load_checked(module: nn.Module, state_dict: StateDict, source: str, *,
-                 optional: Collection[str] = (), allow_partial: bool = False, hint: Optional[str] = None,
-                 target: Optional[str] = None) -> LoadReport:
+                 optional: Collection[str] = (), allow_partial: bool = False, hint: str | None = None,
+                 target: str | None = None) -> LoadReport:
     """Load ``state_dict`` into ``module`` under the policy of this module (see the module docstring).
 
     Args:
@@ -192,7 +192,7 @@ def load_model_checkpoint(model: nn.Module, checkpoint: str, allow_partial: bool
     return loaded
 
 
-def pretrained_init_cfg(init_cfg: InitCfg) -> Optional[dict]:
+def pretrained_init_cfg(init_cfg: InitCfg) -> dict | None:
     """The ``Pretrained`` entry of ``init_cfg`` (a dict or a list of dicts), checked; None if there is none."""
     entries = [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg or [])
     pretrained = [dict(entry) for entry in entries if entry.get('type') == 'Pretrained']
@@ -230,7 +230,7 @@ def init_backbone_weights(module: nn.Module, default_init: Callable[[], None],
     module._is_init = True
 
 
-def absent_groups(own: StateDict, state_dict: StateDict, patterns: Sequence[str]) -> List[str]:
+def absent_groups(own: StateDict, state_dict: StateDict, patterns: Sequence[str]) -> list[str]:
     """The keys of ``own`` in every group (a key regex) of which ``state_dict`` holds no key."""
     absent = [pattern for pattern in patterns if not any(re.search(pattern, key) for key in state_dict)]
     return [key for key in own if any(re.search(pattern, key) for pattern in absent)]
@@ -244,12 +244,12 @@ class PretrainedInitMixin:
     ``optional_key_groups``: regexes of key groups a checkpoint may lack as a whole (output norms a
     classification checkpoint has none of, predictors), which then stay at their initialisation.
     """
-    optional_key_groups: Tuple[str, ...] = ()
+    optional_key_groups: tuple[str, ...] = ()
 
     def init_weights(self) -> None:
         init_backbone_weights(self, self.default_init, self.load_pretrained)
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None, allow_partial: bool = False) -> LoadReport:
+    def load_pretrained(self, checkpoint: str, prefix: str | None = None, allow_partial: bool = False) -> LoadReport:
         """Load the backbone's weights from ``checkpoint`` (path or URL): the entries under ``prefix`` when
         given, else under ``backbone.`` when the file has any, else all, through ``checkpoint_filter_fn``.
 
@@ -260,7 +260,7 @@ class PretrainedInitMixin:
         return load_checked(self, state_dict, checkpoint, optional=optional, allow_partial=allow_partial,
                             hint=self.checkpoint_mismatch_hint(state_dict), target=self.checkpoint_target())
 
-    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> Optional[str]:
+    def checkpoint_mismatch_hint(self, state_dict: StateDict) -> str | None:
         """A line for the mismatch error saying which setting would fit ``state_dict``, or None."""
         return None
 

@@ -2,8 +2,8 @@
 import math
 import numbers
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
 
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
@@ -13,8 +13,8 @@ RATIO_CHOICES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # Where the paper's searched configurations are written once (a config `_base_` fragment of this repository).
 PAPER_RATIOS_FRAGMENT = Path(__file__).resolve().parents[3] / 'configs/sparsevit/_base_/paper_pruning_ratios.py'
 
-StageRatios = Union[float, Sequence[float]]
-PruningRatios = List[List[float]]
+StageRatios = float | Sequence[float]
+PruningRatios = list[list[float]]
 
 
 def _is_ratio_number(value: object) -> bool:
@@ -22,7 +22,7 @@ def _is_ratio_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def normalize_pruning_ratios(pruning_ratios: Union[float, Sequence[StageRatios]],
+def normalize_pruning_ratios(pruning_ratios: float | Sequence[StageRatios],
                              depths: Sequence[int]) -> PruningRatios:
     """Expand and check ``pruning_ratios`` against the stage depths.
 
@@ -84,7 +84,7 @@ def num_kept_windows(num_windows: int, ratio: float) -> int:
     return math.floor(num_windows * (1 - ratio) + 1e-9)
 
 
-def paper_pruning_ratios(fragment: Optional[Path] = None) -> Dict[str, PruningRatios]:
+def paper_pruning_ratios(fragment: Path | None = None) -> dict[str, PruningRatios]:
     """The paper's searched configurations of Swin-T, ``{'cfg1': ..., 'cfg2': ..., 'cfg3': ...}``,
     read from their config fragment (default: the one of this repository)."""
     from mmengine.config import Config

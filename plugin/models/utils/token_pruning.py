@@ -1,7 +1,7 @@
 """DynamicViT's prediction module and keep-ratio loss, shared by DynamicViT and SparseViTSwin's learned scorer,
 and the nested training decisions of the learned window scorer."""
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

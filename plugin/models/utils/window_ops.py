@@ -9,7 +9,7 @@ the tokens of the windows it runs and writes its results back in place, so its
 cost follows the number of windows it keeps.
 """
 import functools
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import torch
 
@@ -31,15 +31,15 @@ class WindowGrid(NamedTuple):
         the map needed no padding.
     """
     token_index: torch.Tensor
-    attn_mask: Optional[torch.Tensor]
-    valid: Optional[torch.Tensor]
+    attn_mask: torch.Tensor | None
+    valid: torch.Tensor | None
 
-    def all_windows_attn_mask(self) -> Optional[torch.Tensor]:
+    def all_windows_attn_mask(self) -> torch.Tensor | None:
         """``attn_mask`` as a block running every window takes it: ``(1, nW, N, Np)``, or None."""
         return None if self.attn_mask is None else self.attn_mask.unsqueeze(0)
 
 
-def padded_shape(hw_shape: Tuple[int, int], window_size: int) -> Tuple[int, int]:
+def padded_shape(hw_shape: tuple[int, int], window_size: int) -> tuple[int, int]:
     """Height and width rounded up to multiples of the window size."""
     H, W = hw_shape
     # Positive operands: the TorchScript ONNX exporter folds floor division of a negative value as truncation.
@@ -56,7 +56,7 @@ def _partition(grid: torch.Tensor, window_size: int) -> torch.Tensor:
 # Cached per input size: in eager mode the tables cost a dozen small kernels per
 # stage, which a GPU at batch 1 would spend launching (torch.compile traces through).
 @functools.lru_cache(maxsize=64)
-def build_window_grid(hw_shape: Tuple[int, int], window_size: int, shift_size: int,
+def build_window_grid(hw_shape: tuple[int, int], window_size: int, shift_size: int,
                       device: torch.device) -> WindowGrid:
     """Index table, shift mask and padding mask of one window grid (read-only, cached).
 
@@ -113,7 +113,7 @@ def batched_token_positions(window_tokens: torch.Tensor, tokens_per_image: int) 
     return (window_tokens + offsets.view(batch, 1, 1)).reshape(-1)
 
 
-def _word_view(rows: torch.Tensor) -> Optional[torch.Tensor]:
+def _word_view(rows: torch.Tensor) -> torch.Tensor | None:
     """``rows`` ``(R, C)`` reinterpreted as 8-byte words, when that is exact, no gradient is needed and
     the model is not being exported.
 

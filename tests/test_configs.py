@@ -103,8 +103,8 @@ def sparsevit_training_step(backbone: nn.Module, image_size, ratio=None) -> set:
         backbone.set_pruning_ratios(ratio)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the warning of a block that keeps no window
-        outputs = backbone(torch.randn(1, 3, *image_size))
-    (sum(out.square().mean() for out in outputs) + sum(backbone.auxiliary_losses().values())).backward()
+        outputs, record = backbone.forward_with_record(torch.randn(1, 3, *image_size))
+    (sum(out.square().mean() for out in outputs) + sum(backbone.auxiliary_losses(record).values())).backward()
     return {'.'.join(name.split('.')[1:3]) for name, p in backbone.named_parameters()
             if p.requires_grad and p.grad is None}
 

@@ -6,6 +6,7 @@ import torch
 
 from plugin.models.backbones import DynamicViT
 from plugin.models.backbones.dynamic_vit import DynamicBlock, policy_softmax
+from plugin.models.utils.records import recording
 from plugin.models.utils.token_pruning import keep_ratio_loss
 
 TINY = dict(embed_dims=48, depth=6, num_heads=3, pruning_locs=(1, 3, 5), drop_path_rate=0.)
@@ -91,7 +92,9 @@ def test_inference_path_matches_training_path_for_the_same_decisions(monkeypatch
 
     model.train()
     train_tokens = model.forward_features(images)
-    kept_fractions = [fraction.tolist() for fraction in model.kept_fractions]
+    # The decisions are the deterministic top-k: a second pass records the same ones.
+    monkeypatch.setattr(model, 'sample_keep_decision', topk_decisions(model, num_patches))
+    kept_fractions = [fraction.tolist() for fraction in model.forward_with_record(images)[1].keep_ratio_terms()[0]]
     model.eval()
     with torch.no_grad():
         eval_tokens = model.forward_features(images)
@@ -131,12 +134,12 @@ def test_no_nan_when_every_token_is_dropped():
         predictor.out_conv[4].bias.data = torch.tensor([-50., 50.])
     images = torch.randn(2, 3, 64, 80)
 
-    features = model(images)
-    losses = model.auxiliary_losses()
+    features, record = model.forward_with_record(images)
+    losses = model.auxiliary_losses(record)
     (sum(f.mean() for f in features) + losses['loss_keep_ratio']).backward()
 
     assert all(torch.isfinite(f).all() for f in features)
-    assert all((fraction == 0).all() for fraction in model.kept_fractions)
+    assert all((fraction == 0).all() for fraction in record.keep_ratio_terms()[0])
     expected = model.keep_ratio_loss_weight * sum(r**2 for r in model.keep_ratios) / len(model.keep_ratios)
     torch.testing.assert_close(losses['loss_keep_ratio'].item(), expected)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -151,14 +154,14 @@ def test_predictor_gradients_are_nonzero_after_one_training_step():
     model = tiny_backbone().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.score_predictor.parameters()]
-    features = model(torch.randn(2, 3, 64, 96))
+    features, record = model.forward_with_record(torch.randn(2, 3, 64, 96))
     # The task loss alone reaches the predictors through the straight-through decisions.
     task_loss = sum((f**2).mean() for f in features)
     task_loss.backward(retain_graph=True)
     for predictor in model.score_predictor:
         assert predictor.in_conv[1].weight.grad.abs().sum() > 0
         assert predictor.out_conv[4].weight.grad.abs().sum() > 0
-    model.auxiliary_losses()['loss_keep_ratio'].backward()
+    model.auxiliary_losses(record)['loss_keep_ratio'].backward()
     optimizer.step()
     for name, param in model.score_predictor.named_parameters():
         assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
@@ -190,8 +193,8 @@ def test_with_cp_gives_the_same_gradients():
     for with_cp in (False, True):
         model = tiny_backbone(with_cp=with_cp).train()
         torch.manual_seed(1)  # same Gumbel noise
-        features = model(images)
-        (sum(f.mean() for f in features) + model.auxiliary_losses()['loss_keep_ratio']).backward()
+        features, record = model.forward_with_record(images)
+        (sum(f.mean() for f in features) + model.auxiliary_losses(record)['loss_keep_ratio']).backward()
         grads.append([p.grad for p in model.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(plain, checkpointed)
@@ -318,10 +321,12 @@ def test_keep_ratio_loss_reaches_the_losses_dict(config, make_batch, crop):
     optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
     before = [p.detach().clone() for p in model.backbone.score_predictor.parameters()]
 
-    log_vars = model.train_step(make_batch(), optim_wrapper)
+    with recording() as records:
+        log_vars = model.train_step(make_batch(), optim_wrapper)
 
     backbone = model.backbone
-    expected = backbone.keep_ratio_loss_weight * keep_ratio_loss(backbone.kept_fractions, backbone.keep_ratios)
+    expected = backbone.keep_ratio_loss_weight * keep_ratio_loss(records[0].keep_ratio_terms()[0],
+                                                                 backbone.keep_ratios)
     torch.testing.assert_close(log_vars['loss_keep_ratio'], expected.detach())
     assert log_vars['loss_keep_ratio'] > 0
     # parse_losses summed it into the total the optimizer stepped on.

@@ -1,4 +1,5 @@
 """Object coverage: the share of ground-truth object pixels inside the windows SparseViT kept, on hand-built cases."""
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ from mmengine.structures import InstanceData
 
 from plugin.engine.hooks import ObjectCoverageHook
 from plugin.models.backbones.sparsevit_swin import SparseViTSwin
+from plugin.models.utils.records import ForwardRecord, hand_to_open_scopes
 from plugin.visualization import StageWindows, object_coverage
 
 
@@ -73,23 +75,34 @@ def sample(boxes, with_masks=True):
     return data_sample
 
 
+def with_first_blocks_keeping(record: ForwardRecord, kept: dict) -> ForwardRecord:
+    """``record`` with the first block of each stage in ``kept`` keeping the given ``(B, k)`` windows."""
+    stages = list(record.stages)
+    for stage, windows in kept.items():
+        first = dataclasses.replace(stages[stage].blocks[0], kept=windows)
+        stages[stage] = dataclasses.replace(stages[stage], blocks=(first, *stages[stage].blocks[1:]))
+    return dataclasses.replace(record, stages=tuple(stages))
+
+
 @pytest.mark.parametrize('ground_truth', ['masks', 'boxes'])
 def test_coverage_hook_adds_pooled_coverage_per_stage_to_the_metrics(ground_truth):
     # a real backbone with 16-pixel windows at stage 1 (patch 4 x window 4), 32 at stage 2, ...
     backbone = SparseViTSwin(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
                              drop_path_rate=0., pruning_ratios=[0.5, 0.5, 0., 0.]).eval()
     with torch.no_grad():
-        backbone(torch.randn(2, 3, 32, 48))
+        _, record = backbone.forward_with_record(torch.randn(2, 3, 32, 48))
     # known kept windows: stage 1 has a 2x3 grid of windows; image 0 keeps the windows of KEPT, image 1 the
     # top row. Stage 2 (one row of two 32-pixel windows over the 32x48 input) keeps the left one in both.
-    backbone.kept_windows[0][0] = torch.tensor([[0, 4, 2], [0, 1, 2]])
-    backbone.kept_windows[1][0] = torch.tensor([[0], [0]])
+    record = with_first_blocks_keeping(record, {0: torch.tensor([[0, 4, 2], [0, 1, 2]]), 1: torch.tensor([[0], [0]])})
     model = nn.Module()
     model.backbone = backbone
     runner = SimpleNamespace(model=model)
 
     hook = ObjectCoverageHook(ground_truth=ground_truth)
+    hook.before_run(runner)
     hook.before_test_epoch(runner)
+    hook.before_test_iter(runner, 0)
+    hand_to_open_scopes(record)  # the iteration's backbone pass
     hook.after_test_iter(runner, 0, None, outputs=[sample(BOXES), sample(BOXES)])
     metrics = {'coco/bbox_mAP': 0.5}
     hook.after_test_epoch(runner, metrics)
@@ -104,6 +117,8 @@ def test_coverage_hook_adds_pooled_coverage_per_stage_to_the_metrics(ground_trut
 
     # a new run starts from zero
     hook.before_test_epoch(runner)
+    hook.before_test_iter(runner, 0)
+    hand_to_open_scopes(record)
     hook.after_test_iter(runner, 0, None, outputs=[sample(BOXES)])
     hook.after_test_epoch(runner, metrics)
     assert metrics['coverage/stage1'] == pytest.approx(COVERAGE)
@@ -114,12 +129,27 @@ def test_coverage_hook_refuses_what_it_cannot_measure():
         ObjectCoverageHook(ground_truth='polygons')
     backbone = SparseViTSwin(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
                              pruning_ratios=[0.5, 0., 0., 0.]).eval()
-    with torch.no_grad():
-        backbone(torch.randn(1, 3, 32, 48))
     model = nn.Module()
     model.backbone = backbone
+    runner = SimpleNamespace(model=model)
+    hook = ObjectCoverageHook()
+    hook.before_test_iter(runner, 0)
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 32, 48))
     with pytest.raises(ValueError, match=r'LoadAnnotations\(with_mask=True\)'):
-        ObjectCoverageHook().after_test_iter(SimpleNamespace(model=model), 0, None,
-                                             outputs=[sample(BOXES, with_masks=False)])
+        hook.after_test_iter(runner, 0, None, outputs=[sample(BOXES, with_masks=False)])
     with pytest.raises(TypeError, match='window-sparse backbone'):
-        ObjectCoverageHook().after_test_iter(SimpleNamespace(model=nn.Module()), 0, None, outputs=[sample(BOXES)])
+        ObjectCoverageHook().before_run(SimpleNamespace(model=nn.Module()))
+    # an iteration whose model ran no recording backbone (or ran it twice) has nothing to count
+    hook.before_test_iter(runner, 1)
+    with pytest.raises(RuntimeError, match='this one ran 0'):
+        hook.after_test_iter(runner, 1, None, outputs=[sample(BOXES)])
+    # outside an iteration nothing is recorded: the last scope was closed
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 32, 48))
+    hook.before_test_iter(runner, 2)
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 32, 48))
+        backbone(torch.randn(1, 3, 32, 48))
+    with pytest.raises(RuntimeError, match='this one ran 2'):
+        hook.after_test_iter(runner, 2, None, outputs=[sample(BOXES)])

@@ -1,6 +1,7 @@
 """SparseViTSwin against mmdet's SwinTransformer and against a literal re-implementation of the paper's algorithm."""
 import math
 import re
+from collections.abc import Sequence
 from unittest import mock
 
 import pytest
@@ -13,10 +14,21 @@ from mmengine.registry import MODELS
 from plugin.models.backbones import SparseViTSwin
 from plugin.models.backbones.sparsevit_swin import SparseSwinBlockSequence, TokenPatchMerging
 from plugin.models.utils.checkpoint import CheckpointMismatchError
+from plugin.models.utils.records import BlockRecord, StageRecord
 from plugin.models.utils.sparsity import normalize_pruning_ratios
 
 TINY = dict(embed_dims=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4), drop_path_rate=0.)
 MIXED_RATIOS = [[0.3, 0.5], [0.0, 0.2], [0.1, 0.1, 0.4, 0.4], [0.5, 0.8]]
+
+
+def kept_per_block(stage: StageRecord | Sequence[BlockRecord]) -> list[torch.Tensor | None]:
+    """Per block of a stage's record, the (B, k) windows it ran (None: all)."""
+    return [block.kept for block in (stage.blocks if isinstance(stage, StageRecord) else stage)]
+
+
+def kept_fractions(stage: StageRecord) -> list[torch.Tensor]:
+    """The kept fractions of a stage's learned training decisions, block by block."""
+    return [block.kept_fraction for block in stage.blocks if block.kept_fraction is not None]
 
 
 def make_pair(**overrides):
@@ -134,13 +146,13 @@ def test_pruned_equals_literal_reference(size, batch):
     x = torch.randn(batch, 3, *size)
     with torch.no_grad():
         expected, expected_kept = reference_sparsevit(reference, x, MIXED_RATIOS)
-        got = ours(x)
+        got, record = ours.forward_with_record(x)
     assert max_diff(expected, got) <= 1e-5
-    for stage, (ours_stage, ref_stage) in enumerate(zip(ours.kept_windows, expected_kept)):
-        for block, (mine, theirs) in enumerate(zip(ours_stage, ref_stage)):
+    for stage, (ours_stage, ref_stage) in enumerate(zip(record.stages, expected_kept)):
+        for block, (mine, theirs) in enumerate(zip(kept_per_block(ours_stage), ref_stage)):
             if mine is None:
                 # A dense block: the paper's rule keeps floor((1 - 0) * nW) = every window of its grid.
-                height, width = ours.stage_hw_shapes[stage]
+                height, width = ours_stage.hw_shape
                 num_windows = math.ceil(height / 7) * math.ceil(width / 7)
                 assert MIXED_RATIOS[stage][block] == 0 and theirs.shape[1] == num_windows
                 continue
@@ -158,7 +170,7 @@ def test_unselected_windows_are_copied_bit_identically():
     with torch.no_grad():
         _, _, out, _, kept = stage(x.clone(), hw, [0.5, 0.5])
     touched = torch.zeros(2, 16, 20, dtype=torch.bool)
-    for block, kept_windows in zip(stage.blocks, kept):
+    for block, kept_windows in zip(stage.blocks, kept_per_block(kept)):
         shift = block.shift_size
         ids = torch.arange(16 * 20).view(1, 16, 20, 1).float().expand(2, -1, -1, -1)
         windows, _ = _pad_roll_partition(ids, 4, shift)
@@ -177,16 +189,17 @@ def test_kept_windows_are_top_k_of_stage_scores_per_image():
     x[1] = x[1].flip(-1)  # a different image must get a different selection
     with torch.no_grad():
         tokens, hw = ours.patch_embed(x)
-        ours(x)
+        _, record = ours.forward_with_record(x)
     activity = tokens.abs().mean(-1).view(2, *hw, 1)
-    for block, kept in zip(ours.stages[0].blocks, ours.kept_windows[0]):
+    kept_windows = kept_per_block(record.stages[0])
+    for block, kept in zip(ours.stages[0].blocks, kept_windows):
         act_windows, _ = _pad_roll_partition(activity, 7, block.shift_size)
         scores = act_windows[..., 0].norm(dim=-1)
         k = kept.shape[1]
         assert k == scores.shape[1] // 2
         for image in range(2):
             assert set(kept[image].tolist()) == set(scores[image].topk(k).indices.tolist())
-    assert set(ours.kept_windows[0][0][0].tolist()) != set(ours.kept_windows[0][0][1].tolist())
+    assert set(kept_windows[0][0].tolist()) != set(kept_windows[0][1].tolist())
 
 
 def test_scores_computed_once_per_pruned_stage():
@@ -209,8 +222,8 @@ def test_later_blocks_take_a_prefix_of_the_ranking():
     _, ours = make_pair()
     ours.set_pruning_ratios([0., 0., [0.1, 0.1, 0.4, 0.4], 0.])
     with torch.no_grad():
-        ours(torch.randn(2, 3, 160, 160))
-    kept = ours.kept_windows[2]
+        _, record = ours.forward_with_record(torch.randn(2, 3, 160, 160))
+    kept = kept_per_block(record.stages[2])
     for first, later in ((kept[0], kept[2]), (kept[1], kept[3])):
         assert later.shape[1] < first.shape[1]
         assert torch.equal(later, first[:, :later.shape[1]])
@@ -404,20 +417,20 @@ def test_learned_scorer_training_keeps_the_windows_inference_keeps_for_the_same_
     model.train()
     with mock.patch('plugin.models.backbones.sparsevit_swin.sample_logistic_noise',
                     side_effect=_threshold_at_top_half), torch.no_grad():
-        training = model(x)
+        training, record = model.forward_with_record(x)
     assert max_diff(inference, training) <= 1e-5
     # 97x130 -> 4x5, 2x3 and 1x2 windows in stages 1-3: every block keeps floor(n / 2) of its n.
-    for stage, num_windows in zip(model.stages[:3], (20, 6, 2)):
+    for stage, num_windows in zip(record.stages[:3], (20, 6, 2)):
         expected = torch.full((2,), (num_windows // 2) / num_windows)
-        assert len(stage.kept_fractions) == len(stage.blocks)
-        assert all(torch.equal(fraction, expected) for fraction in stage.kept_fractions)
+        assert len(kept_fractions(stage)) == len(stage.blocks)
+        assert all(torch.equal(fraction, expected) for fraction in kept_fractions(stage))
 
 
 def test_learned_scorer_blocks_with_equal_ratios_keep_equal_shares_in_training():
     torch.manual_seed(0)
     model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[0., 0., [0.5] * 4, 0.]).train()
-    model(torch.randn(3, 3, 224, 224))
-    regular_0, shifted_1, regular_2, shifted_3 = model.stages[2].kept_fractions
+    _, record = model.forward_with_record(torch.randn(3, 3, 224, 224))
+    regular_0, shifted_1, regular_2, shifted_3 = kept_fractions(record.stages[2])
     # One ranking per stage and grid, the same prefix for the same ratio: no compounding across blocks.
     assert torch.equal(regular_0, regular_2) and torch.equal(shifted_1, shifted_3)
 
@@ -432,24 +445,24 @@ def test_keep_ratio_loss_alone_trains_every_block_to_its_own_target():
     with torch.no_grad():
         scorer.out_conv[-2].bias.copy_(torch.tensor([3., -3.]))  # start far from the targets: keep almost all
 
-    def kept_fractions() -> torch.Tensor:
+    def mean_kept_fractions() -> torch.Tensor:
         """Per block, the kept fraction in training, averaged over images and 16 draws."""
         draws = []
         with torch.no_grad():
             for _ in range(16):
-                model(images)
-                draws.append(torch.stack(model.stages[0].kept_fractions).mean(1))
+                _, record = model.forward_with_record(images)
+                draws.append(torch.stack(kept_fractions(record.stages[0])).mean(1))
         return torch.stack(draws).mean(0)
 
     targets = torch.tensor([0.8, 0.8, 0.4, 0.4])
-    assert (kept_fractions() - targets).abs().max() > 0.5
+    assert (mean_kept_fractions() - targets).abs().max() > 0.5
     optimizer = torch.optim.Adam(scorer.parameters(), lr=3e-2)
     for _ in range(100):
         optimizer.zero_grad()
-        model(images)
-        model.auxiliary_losses()['loss_window_keep_ratio'].backward()
+        _, record = model.forward_with_record(images)
+        model.auxiliary_losses(record)['loss_window_keep_ratio'].backward()
         optimizer.step()
-    kept = kept_fractions()
+    kept = mean_kept_fractions()
     assert (kept - targets).abs().max() <= 0.05, kept
 
 
@@ -457,8 +470,8 @@ def test_learned_scorer_trains_predictor_and_reports_keep_ratio_loss():
     torch.manual_seed(0)
     model = SparseViTSwin(**TINY, scorer='learned', pruning_ratios=[[0.3, 0.5], 0., [0.2, 0.2, 0.4, 0.4], 0.])
     model.train()
-    outs = model(torch.randn(2, 3, 97, 130))
-    losses = model.auxiliary_losses()
+    outs, record = model.forward_with_record(torch.randn(2, 3, 97, 130))
+    losses = model.auxiliary_losses(record)
     assert set(losses) == {'loss_window_keep_ratio'} and torch.isfinite(losses['loss_window_keep_ratio'])
     (sum(o.square().mean() for o in outs) + losses['loss_window_keep_ratio']).backward()
     for stage in (0, 2):
@@ -466,10 +479,10 @@ def test_learned_scorer_trains_predictor_and_reports_keep_ratio_loss():
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     model.eval()
     with torch.no_grad():
-        model(torch.randn(1, 3, 97, 130))
-    assert model.auxiliary_losses() == {}
+        _, record = model.forward_with_record(torch.randn(1, 3, 97, 130))
+    assert model.auxiliary_losses(record) == {}
     # 97x130 -> 25x33 tokens -> 4x5 windows of 7: ratio 0.3 keeps 14, ratio 0.5 keeps 10.
-    assert [k.shape for k in model.kept_windows[0]] == [(1, 14), (1, 10)]
+    assert [k.shape for k in kept_per_block(record.stages[0])] == [(1, 14), (1, 10)]
 
 
 def test_bad_scorer_raises():

@@ -354,18 +354,18 @@ def test_kept_window_masks_cover_exactly_the_kept_windows():
     backbone.set_pruning_ratios(ratios)
     height, width = 75, 110
     with torch.no_grad():
-        backbone(torch.randn(2, 3, height, width))
-    panels = kept_window_masks(backbone, (height, width), image_index=1)
+        _, record = backbone.forward_with_record(torch.randn(2, 3, height, width))
+    panels = kept_window_masks(record, image_index=1)
 
     for stage, panel in enumerate(panels):
         stride = 4 * 2**stage
-        rows, cols = backbone.stage_hw_shapes[stage]
+        rows, cols = record.stages[stage].hw_shape
         window_cols = math.ceil(cols / 4)
         assert (panel.block, panel.ratio) == (0, ratios[stage][0])  # the stage's only unshifted block
         assert panel.total == math.ceil(rows / 4) * window_cols
         assert panel.kept == math.floor(round(panel.total * (1 - ratios[stage][0]), 6))
         expected = np.zeros((rows * stride, cols * stride), dtype=bool)
-        kept = backbone.kept_windows[stage][0]
+        kept = record.stages[stage].blocks[0].kept
         windows = range(panel.total) if kept is None else kept[1].tolist()
         for window in windows:
             top, left = (window // window_cols) * 4 * stride, (window % window_cols) * 4 * stride

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mmcv
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
@@ -34,6 +35,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from plugin.demo_data import make_demo_data
+from plugin.models.utils.records import ForwardRecord, recording
 from plugin.utils import alternating_latency_ms, markdown_table, median_latency_ms
 from plugin.utils.cli import HelpFormatter, run_tool
 from plugin.visualization import (
@@ -172,13 +174,14 @@ def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
     return runner, cfg, evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS, with_latency=True)
 
 
-def evaluated_sample(runner: Runner, index: int):
-    """The RGB image and the model's prediction (ground truth included) for test image ``index``."""
+def evaluated_sample(runner: Runner, index: int) -> tuple[np.ndarray, object, list[ForwardRecord]]:
+    """The RGB image, the model's prediction (ground truth included) for test image ``index`` and the records
+    of the backbone passes that made it (none for a backbone that does not record)."""
     data = pseudo_collate([runner.test_dataloader.dataset[index]])
     runner.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), recording() as records:
         sample = runner.model.test_step(data)[0]
-    return mmcv.imread(sample.img_path, channel_order='rgb'), sample
+    return mmcv.imread(sample.img_path, channel_order='rgb'), sample, records
 
 
 def detection_pictures(adapted: dict[str, tuple[Runner, Config]], out_dir: Path) -> list[Path]:
@@ -190,8 +193,8 @@ def detection_pictures(adapted: dict[str, tuple[Runner, Config]], out_dir: Path)
         for scorer, (runner, cfg) in adapted.items():
             backbone = runner.model.backbone
             backbone.set_pruning_ratios(stage_ratios(PICTURE_RATIO, backbone.depths))
-            image, sample = evaluated_sample(runner, index)
-            panels = kept_window_masks(backbone, sample.metainfo['batch_input_shape'])[:len(backbone.depths) - 1]
+            image, sample, records = evaluated_sample(runner, index)
+            panels = kept_window_masks(records[0])[:len(backbone.depths) - 1]
             with DefaultScope.overwrite_default_scope(cfg.default_scope):
                 prediction = prediction_picture(cfg.visualizer, runner.test_dataloader.dataset.metainfo, image,
                                                 sample, pred_score_thr=PICTURE_SCORE_THRESHOLD)
@@ -211,7 +214,7 @@ def segmentation_pictures(runner: Runner, out_dir: Path) -> list[Path]:
     metainfo = runner.test_dataloader.dataset.metainfo
     paths = []
     for index in range(min(NUM_PICTURES, len(runner.test_dataloader.dataset))):
-        image, sample = evaluated_sample(runner, index)
+        image, sample, _ = evaluated_sample(runner, index)
         figure = draw_segmentation(image, sample.gt_sem_seg.data[0].numpy(), sample.pred_sem_seg.data[0].numpy(),
                                    metainfo['classes'], metainfo['palette'],
                                    title=f'Semantic FPN + {SEG_MODEL}, test image {index}')

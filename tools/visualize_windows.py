@@ -21,6 +21,7 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 
 from plugin.models.utils.checkpoint import load_model_checkpoint
+from plugin.models.utils.records import ForwardRecord, recording
 from plugin.models.utils.sparsity import find_sparse_backbone, paper_pruning_ratios
 from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 from plugin.visualization import draw_kept_windows, kept_window_masks, prediction_picture
@@ -74,21 +75,16 @@ def init_model(cfg: Config, checkpoint: str, device: str) -> nn.Module:
     return model
 
 
-def predict(model: nn.Module, scope: str, image: str) -> tuple[object, tuple[int, int]]:
-    """The prediction for ``image`` and the (H, W) of the tensor the backbone received."""
-    received = {}
-    handle = find_sparse_backbone(model, PURPOSE).register_forward_pre_hook(
-        lambda module, inputs: received.update(hw=tuple(inputs[0].shape[-2:])))
-    try:
+def predict(scope: str, model: nn.Module, image: str) -> tuple[object, ForwardRecord]:
+    """The prediction for ``image`` and the record of the backbone's forward pass that made it."""
+    with recording() as records:
         if scope == 'mmdet':
             from mmdet.apis import inference_detector
             result = inference_detector(model, image)
         else:
             from mmseg.apis import inference_model
             result = inference_model(model, image)
-    finally:
-        handle.remove()
-    return result, received['hw']
+    return result, records[-1]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -110,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     backbone = find_sparse_backbone(model, PURPOSE)
     if args.pruning_ratios is not None:
         backbone.set_pruning_ratios(args.pruning_ratios)
-    result, input_hw = predict(model, cfg.default_scope, args.image)
+    result, record = predict(cfg.default_scope, model, args.image)
 
-    panels = kept_window_masks(backbone, input_hw)
+    panels = kept_window_masks(record)
     image = mmcv.imread(args.image, channel_order='rgb')
     picture = prediction_picture(cfg.visualizer, model.dataset_meta, image, result)
     figure = draw_kept_windows(image, panels, result.metainfo['img_shape'], picture)

@@ -1,4 +1,4 @@
 # The paper's second searched configuration (authors' "cfg2", 35 ms on their GPU).
-_base_ = ['./mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py', './_base_/paper_pruning_ratios.py']
+_base_ = './mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py'
 
-model = dict(backbone=dict(pruning_ratios={{_base_.paper_cfg2}}))
+model = dict(backbone=dict(pruning_ratios='cfg2'))

@@ -1,4 +1,4 @@
 # The paper's third searched configuration (authors' "cfg3", 33 ms on their GPU).
-_base_ = ['./mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py', './_base_/paper_pruning_ratios.py']
+_base_ = './mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py'
 
-model = dict(backbone=dict(pruning_ratios={{_base_.paper_cfg3}}))
+model = dict(backbone=dict(pruning_ratios='cfg3'))

@@ -1,4 +1,4 @@
 # As *_finetune_cfg1.py, with the paper's searched configuration cfg2 (authors' sparsevit_cfg2_35ms.py).
 _base_ = './mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672_finetune_cfg1.py'
 
-model = dict(backbone=dict(pruning_ratios={{_base_.paper_cfg2}}))
+model = dict(backbone=dict(pruning_ratios='cfg2'))

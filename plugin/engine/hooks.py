@@ -10,6 +10,7 @@ from mmengine.hooks import Hook
 from mmengine.hooks.hook import DATA_BATCH
 from mmengine.registry import HOOKS
 
+from ..models.utils.records import ForwardRecord, RecordingScope
 from ..models.utils.sparsity import RATIO_CHOICES, find_sparse_backbone, normalize_pruning_ratios, sample_pruning_ratios
 from ..utils.distributed import on_main_rank
 from ..visualization.windows import WindowCoverage, kept_window_masks, object_coverage
@@ -97,7 +98,8 @@ class ObjectCoverageHook(Hook):
 
     Pixels are pooled over the whole validation or test set and the results join that run's metrics
     (``runner.test()`` returns them, the logger prints them). Each stage counts its last unshifted block,
-    the one :func:`plugin.visualization.kept_window_masks` draws. ``i`` counts stages from 1.
+    the one :func:`plugin.visualization.kept_window_masks` draws, in the record of the iteration's backbone
+    pass (recorded from the start to the end of each iteration). ``i`` counts stages from 1.
 
     Args:
         ground_truth (str): 'masks': an image's object pixels are the union of its instance masks
@@ -113,6 +115,10 @@ class ObjectCoverageHook(Hook):
             raise ValueError(f'ground_truth must be one of {self.GROUND_TRUTHS}, got {ground_truth!r}')
         self.ground_truth = ground_truth
         self.counts: list = []
+        self._scope: RecordingScope | None = None
+
+    def before_run(self, runner) -> None:
+        find_sparse_backbone(runner.model, 'ObjectCoverageHook')
 
     def before_val_epoch(self, runner) -> None:
         self.counts = []
@@ -120,11 +126,17 @@ class ObjectCoverageHook(Hook):
     def before_test_epoch(self, runner) -> None:
         self.counts = []
 
+    def before_val_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        self._start_recording()
+
+    def before_test_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        self._start_recording()
+
     def after_val_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
-        self._count(runner, outputs)
+        self._count(self._stop_recording(), outputs)
 
     def after_test_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
-        self._count(runner, outputs)
+        self._count(self._stop_recording(), outputs)
 
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         self._add_metrics(metrics)
@@ -132,10 +144,22 @@ class ObjectCoverageHook(Hook):
     def after_test_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         self._add_metrics(metrics)
 
-    def _count(self, runner, outputs: Sequence) -> None:
-        backbone = find_sparse_backbone(runner.model, 'ObjectCoverageHook')
+    def _start_recording(self) -> None:
+        # An iteration that raised never reached its after_iter: its scope ends here.
+        self._stop_recording()
+        self._scope = RecordingScope()
+
+    def _stop_recording(self) -> list[ForwardRecord]:
+        records = [] if self._scope is None else self._scope.close()
+        self._scope = None
+        return records
+
+    def _count(self, records: list[ForwardRecord], outputs: Sequence) -> None:
+        if len(records) != 1:
+            raise RuntimeError(f'ObjectCoverageHook counts the windows of one backbone forward pass per evaluation '
+                               f'iteration; this one ran {len(records)} (test-time augmentation is not supported)')
         for index, sample in enumerate(outputs):
-            panels = kept_window_masks(backbone, sample.metainfo['batch_input_shape'], image_index=index)
+            panels = kept_window_masks(records[0], image_index=index)
             stages = object_coverage(panels, self._object_mask(sample), sample.metainfo['img_shape'])
             self.counts = stages if not self.counts else [a + b for a, b in zip(self.counts, stages)]
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 
+from ..models.utils.records import ForwardRecord
 from ..models.utils.window_ops import build_window_grid, padded_shape
 
 PRUNED_BRIGHTNESS = 0.25
@@ -35,41 +35,29 @@ class StageWindows:
     window_pixels: int
 
 
-def stage_strides(backbone: nn.Module) -> list[int]:
-    """Input pixels per token side at every stage, from the patch embedding and merging strides."""
-    stride = backbone.patch_embed.projection.stride[0]
-    strides = []
-    for stage in backbone.stages:
-        strides.append(stride)
-        if stage.downsample is not None:
-            stride *= stage.downsample.sampler.stride[0]
-    return strides
+def kept_window_masks(record: ForwardRecord, image_index: int = 0) -> list[StageWindows]:
+    """Per stage of a backbone's forward pass, the kept windows of its last unshifted block.
 
-
-def kept_window_masks(backbone: nn.Module, input_hw: Sequence[int], image_index: int = 0) -> list[StageWindows]:
-    """Per stage, the kept windows of its last unshifted block in the backbone's last forward pass.
-
-    ``input_hw`` is the (H, W) of the tensor that pass received; ``image_index`` picks the image of the batch.
+    ``record`` comes from ``backbone.forward_with_record`` or :func:`plugin.models.utils.records.recording`;
+    ``image_index`` picks the image of its batch.
     """
-    if not backbone.stage_hw_shapes:
-        raise RuntimeError('the backbone has not run yet: call it (or the model) on the image first')
     panels = []
-    for index, (stage, stride) in enumerate(zip(backbone.stages, stage_strides(backbone))):
-        hw_shape = backbone.stage_hw_shapes[index]
-        block = max(j for j, b in enumerate(stage.blocks) if b.shift_size == 0)
-        grid = build_window_grid(tuple(hw_shape), stage.window_size, 0, torch.device('cpu'))
+    for index, stage in enumerate(record.stages):
+        block_index = max(j for j, block in enumerate(stage.blocks) if block.shift_size == 0)
+        block = stage.blocks[block_index]
+        grid = build_window_grid(tuple(stage.hw_shape), stage.window_size, 0, torch.device('cpu'))
         total = grid.token_index.shape[0]
-        kept = backbone.kept_windows[index][block]
-        windows = torch.arange(total) if kept is None else kept[image_index].cpu()
-        height, width = hw_shape
-        Hp, Wp = padded_shape(hw_shape, stage.window_size)
+        windows = torch.arange(total) if block.kept is None else block.kept[image_index].cpu()
+        height, width = stage.hw_shape
+        Hp, Wp = padded_shape(stage.hw_shape, stage.window_size)
         token_mask = torch.zeros(Hp * Wp, dtype=torch.bool)
         token_mask[grid.token_index[windows].flatten()] = True
         token_mask = token_mask.view(Hp, Wp)[:height, :width].numpy()
-        pixel_mask = token_mask.repeat(stride, axis=0).repeat(stride, axis=1)[:input_hw[0], :input_hw[1]]
-        panels.append(StageWindows(stage=index, block=block, depth=len(stage.blocks),
-                                   ratio=backbone.pruning_ratios[index][block], kept=len(windows), total=total,
-                                   mask=pixel_mask, window_pixels=stage.window_size * stride))
+        pixel_mask = token_mask.repeat(stage.stride, axis=0).repeat(stage.stride, axis=1)
+        pixel_mask = pixel_mask[:record.input_shape[0], :record.input_shape[1]]
+        panels.append(StageWindows(stage=index, block=block_index, depth=len(stage.blocks), ratio=block.ratio,
+                                   kept=len(windows), total=total, mask=pixel_mask,
+                                   window_pixels=stage.window_size * stage.stride))
     return panels
 
 

@@ -9,6 +9,7 @@ from mmengine.dist import get_rank, get_world_size
 
 from plugin.engine import CPUDistributedDataParallel
 from plugin.models.backbones import DynamicViT, SparseViTSwin
+from plugin.models.utils.records import recording
 
 BATCH = 4
 SWIN = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.)
@@ -60,10 +61,10 @@ def loss_of(model, images: torch.Tensor, image_ids) -> torch.Tensor:
         patch = mock.patch.object(backbone, 'sample_keep_decision', noise.gumbel_decision)
     else:
         patch = mock.patch('plugin.models.backbones.sparsevit_swin.sample_logistic_noise', noise.logistic)
-    with patch:
+    with patch, recording() as records:
         outputs = model(images)
     per_image = sum((out**2).mean((1, 2, 3)) for out in outputs)
-    return per_image.mean() + sum(backbone.auxiliary_losses().values())
+    return per_image.mean() + sum(backbone.auxiliary_losses(records[0]).values())
 
 
 def gradients(model) -> dict:

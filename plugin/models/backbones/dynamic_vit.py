@@ -34,6 +34,7 @@ from timm.models.vision_transformer import Block, checkpoint_filter_fn
 from ..utils.arch import resolve_arch
 from ..utils.blocks import freeze, run_block
 from ..utils.checkpoint import PretrainedInitMixin, StateDict
+from ..utils.records import BlockRecord, ForwardRecord, RecordingBackbone, StageRecord
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss
 
 ARCH_SETTINGS = {
@@ -137,7 +138,7 @@ def _scatter_tokens(grid: torch.Tensor, index: torch.Tensor, tokens: torch.Tenso
 
 
 @MODELS.register_module()
-class DynamicViT(PretrainedInitMixin, BaseModule):
+class DynamicViT(PretrainedInitMixin, RecordingBackbone, BaseModule):
     """ViT/DeiT backbone with DynamicViT token pruning and a simple feature pyramid.
 
     Args:
@@ -214,7 +215,6 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
         self.embed_dims = embed_dims
-        self._kept_fractions: list[torch.Tensor] = []
 
         # Padding to a multiple of the patch size lets any input size through.
         self.patch_embed = PatchEmbed(img_size=pretrain_img_size, patch_size=PATCH_SIZE, in_chans=in_channels,
@@ -294,24 +294,26 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         """Training decisions ``(B, N, 1)``: hard Gumbel-Softmax (straight-through), times the previous ones."""
         return F.gumbel_softmax(log_probs, hard=True)[..., :1] * prev_decision
 
-    def _forward_masked(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_masked(self, x: torch.Tensor) -> tuple[torch.Tensor, list[BlockRecord]]:
         """Training: every token runs; pruned ones are masked out of attention and hold their value."""
         policy = None  # (B, 1 + N, 1) once the first predictor has run; the class token is always kept.
         predictors = dict(zip(self.pruning_locs, self.score_predictor))
+        ratios = dict(zip(self.pruning_locs, self.keep_ratios))
+        locations = []
         for i, block in enumerate(self.blocks):
             if i in predictors:
                 prev_decision = torch.ones_like(x[:, 1:, :1]) if policy is None else policy[:, 1:]
                 keep = self.sample_keep_decision(predictors[i](x[:, 1:], prev_decision), prev_decision)
-                self._kept_fractions.append(keep.mean((1, 2)))
+                locations.append(BlockRecord(None, keep.shape[1], 0, 1.0 - ratios[i], keep.mean((1, 2))))
                 policy = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
             if policy is None:
                 x = run_block(block, x, with_cp=self.with_cp)
             else:
                 # A pruned token keeps its input, as at inference; the blend passes gradient to the policy.
                 x = policy * run_block(block, x, policy, with_cp=self.with_cp) + (1 - policy) * x
-        return x
+        return x, locations
 
-    def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_gathered(self, x: torch.Tensor) -> tuple[torch.Tensor, list[BlockRecord]]:
         """Inference: per image only the top-k tokens by keep score run; the others keep their value."""
         batch, num_tokens, _ = x.shape
         num_patches = num_tokens - 1
@@ -319,9 +321,13 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
         kept_index = None  # (B, 1 + k) grid positions of the tokens in x; the class token stays first.
         predictors = dict(zip(self.pruning_locs, self.score_predictor))
         ratios = dict(zip(self.pruning_locs, self.keep_ratios))
+        locations = []
         for i, block in enumerate(self.blocks):
             num_keep = int(num_patches * ratios[i]) if i in ratios else num_patches
             # With nothing to drop (rho = 1) the dense path runs unchanged.
+            if i in ratios and num_keep >= x.shape[1] - 1:
+                locations.append(BlockRecord(None if kept_index is None else kept_index[:, 1:] - 1, num_patches, 0,
+                                             1.0 - ratios[i]))
             if num_keep < x.shape[1] - 1:
                 log_probs = predictors[i](x[:, 1:], torch.ones_like(x[:, 1:, :1]))
                 ranking = log_probs[..., 0].topk(num_keep, dim=1).indices + 1
@@ -331,40 +337,42 @@ class DynamicViT(PretrainedInitMixin, BaseModule):
                 grid = _scatter_tokens(grid, kept_index, x)
                 kept_index = kept_index.gather(1, selection)
                 x = _gather_tokens(x, selection)
+                # Grid positions of the patch tokens that run from here on.
+                locations.append(BlockRecord(kept_index[:, 1:] - 1, num_patches, 0, 1.0 - ratios[i]))
             x = run_block(block, x, with_cp=self.with_cp)
-        return x if kept_index is None else _scatter_tokens(grid, kept_index, x)
+        return (x if kept_index is None else _scatter_tokens(grid, kept_index, x)), locations
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + h * w, C)``: class token, then the grid.
 
-        h, w = ceil(H / 16), ceil(W / 16). Training takes the masked path and
-        records the kept fractions for :meth:`auxiliary_losses`.
+        h, w = ceil(H / 16), ceil(W / 16). Training takes the masked path.
         """
-        self._kept_fractions = []
+        return self._tokens_and_locations(x)[0]
+
+    def _tokens_and_locations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[BlockRecord]]:
+        """:meth:`forward_features`, and what each pruning location kept."""
         x = self.patch_embed(x)
         batch, height, width, channels = x.shape
         pos_embed = resample_abs_pos_embed(self.pos_embed, new_size=(height, width),
                                            old_size=self.patch_embed.grid_size, num_prefix_tokens=1)
         x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, height * width, channels)], dim=1)
         x = self.pos_drop(x + pos_embed)
-        x = self._forward_masked(x) if self.training and self.pruning_locs else self._forward_gathered(x)
-        return self.norm(x)
+        x, locations = self._forward_masked(x) if self.training and self.pruning_locs else self._forward_gathered(x)
+        return self.norm(x), locations
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Images ``(B, C, H, W)`` -> the pyramid levels of ``out_indices``, full size (every token)."""
+    def _forward_with_record(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ForwardRecord]:
+        """Images ``(B, C, H, W)`` -> the pyramid levels of ``out_indices``, full size (every token), and the
+        record: one stage, the stride-16 token grid (tokens as 1x1 windows), one block per pruning location."""
         height, width = self.patch_embed.dynamic_feat_size(x.shape[-2:])
-        tokens = self.forward_features(x)[:, 1:]
-        feature_map = tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dims, height, width)
-        return tuple(self.pyramid(feature_map))
+        tokens, locations = self._tokens_and_locations(x)
+        feature_map = tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], self.embed_dims, height, width)
+        record = ForwardRecord(tuple(x.shape[2:]), (StageRecord((height, width), 1, PATCH_SIZE, tuple(locations)), ))
+        return tuple(self.pyramid(feature_map)), record
 
-    @property
-    def kept_fractions(self) -> list[torch.Tensor]:
-        """Per pruning location, each image's kept fraction ``(B,)`` in the last training forward."""
-        return self._kept_fractions
-
-    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
-        """``loss_keep_ratio`` (weighted) of the last training forward, for the detector's losses; {} otherwise."""
-        if not self._kept_fractions:
+    def auxiliary_losses(self, record: ForwardRecord) -> dict[str, torch.Tensor]:
+        """``loss_keep_ratio`` (weighted) of the training pass that made ``record``; {} otherwise."""
+        fractions, _ = record.keep_ratio_terms()
+        if not fractions:
             return {}
-        return {'loss_keep_ratio': self.keep_ratio_loss_weight * keep_ratio_loss(self._kept_fractions,
-                                                                                 self.keep_ratios)}
+        # The configured keep ratios as targets, exactly (the record holds 1 - ratio).
+        return {'loss_keep_ratio': self.keep_ratio_loss_weight * keep_ratio_loss(fractions, self.keep_ratios)}

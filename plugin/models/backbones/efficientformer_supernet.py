@@ -218,10 +218,6 @@ class EfficientFormerSupernet(EfficientFormerBase):
             if isinstance(module, GumbelChoice):
                 module.temperature = float(temperature)
 
-    def search_space(self) -> dict:
-        """What ``plugin.slimming`` needs to enumerate candidates: widths, depths, num_vit."""
-        return supernet_search_space(self.width_choices, self.depths, self.num_vit)
-
     def importance(self) -> dict[str, list]:
         """Learned importance scores.
 

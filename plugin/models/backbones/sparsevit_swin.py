@@ -29,13 +29,17 @@ from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging, build_dro
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from mmengine.registry import MODELS
+from mmengine.utils import to_2tuple
+from timm.layers import resample_abs_pos_embed
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table_simple
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils.arch import resolve_arch
 from ..utils.blocks import freeze, run_block
 from ..utils.checkpoint import PretrainedInitMixin, StateDict, select_prefix
 from ..utils.export_mode import is_exporting
-from ..utils.sparsity import normalize_pruning_ratios, num_kept_windows
+from ..utils.records import BlockRecord, ForwardRecord, StageRecord
+from ..utils.sparsity import WindowSparseBackbone, normalize_pruning_ratios, num_kept_windows
 from ..utils.token_pruning import TokenKeepPredictor, keep_ratio_loss, nested_keep_decisions, sample_logistic_noise
 from ..utils.window_ops import (
     WindowGrid,
@@ -320,16 +324,13 @@ class SparseSwinBlockSequence(BaseModule):
         self.downsample = downsample
         # DynamicViT's predictor, pooled per window, replaces the L2 ranking when scorer='learned'.
         self.window_scorer = TokenKeepPredictor(embed_dims) if scorer == 'learned' else None
-        self.kept_fractions: list[torch.Tensor] = []
-        self.keep_targets: list[float] = []
 
     def forward(self, x: torch.Tensor, hw_shape: tuple[int, int], ratios: Sequence[float]
-                ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, tuple[int, int],
-                           list[torch.Tensor | None]]:
+                ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, tuple[int, int], tuple[BlockRecord, ...]]:
         """Run the stage on tokens ``x`` ``(B, H*W, C)`` with one pruning ratio per block.
 
         Returns the downsampled tokens and shape, the stage output and shape, and
-        per block the ``(B, k)`` window indices it ran (None for a dense block).
+        per block what it ran.
         """
         batch, _, channels = x.shape
         H, W = hw_shape
@@ -347,8 +348,7 @@ class SparseSwinBlockSequence(BaseModule):
         rankings: dict[int, torch.Tensor] | None = None
         # Learned scorer in training: per grid, each window's keep log-odds plus one noise draw (see _run_nested).
         perturbed_scores: dict[int, torch.Tensor] | None = None
-        kept_per_block: list[torch.Tensor | None] = []
-        self.kept_fractions, self.keep_targets = [], []
+        block_records: list[BlockRecord] = []
         for block, ratio in zip(self.blocks, ratios):
             grid = grids[block.shift_size]
             num_windows = grid.token_index.shape[0]
@@ -364,8 +364,9 @@ class SparseSwinBlockSequence(BaseModule):
                         perturbed_scores = {shift: scores + sample_logistic_noise(scores)
                                             for shift, scores in log_odds.items()}
             if perturbed_scores is not None and ratio > 0:
-                self._run_nested(block, ratio, buffer, grid, perturbed_scores[block.shift_size], tokens_per_image)
-                kept_per_block.append(None)
+                kept_fraction = self._run_nested(block, ratio, buffer, grid, perturbed_scores[block.shift_size],
+                                                 tokens_per_image)
+                block_records.append(BlockRecord(None, num_windows, block.shift_size, ratio, kept_fraction))
                 continue
             if rankings is None:
                 kept = None
@@ -377,7 +378,7 @@ class SparseSwinBlockSequence(BaseModule):
                 window_tokens = grid.token_index[kept]
                 shift_mask = None if grid.attn_mask is None else grid.attn_mask[kept]
                 valid = None if grid.valid is None else grid.valid[kept]
-            kept_per_block.append(kept)
+            block_records.append(BlockRecord(kept, num_windows, block.shift_size, ratio))
             if window_tokens.shape[1] == 0:
                 continue
             rows = batched_token_positions(window_tokens, tokens_per_image)
@@ -387,9 +388,9 @@ class SparseSwinBlockSequence(BaseModule):
 
         out = buffer.view(batch, Hp, Wp, channels)[:, :H, :W].reshape(batch, H * W, channels)
         if self.downsample is None:
-            return out, hw_shape, out, hw_shape, kept_per_block
+            return out, hw_shape, out, hw_shape, tuple(block_records)
         x_down, down_hw_shape = self.downsample(out, hw_shape)
-        return x_down, down_hw_shape, out, hw_shape, kept_per_block
+        return x_down, down_hw_shape, out, hw_shape, tuple(block_records)
 
     def _inside_map(self, hw_shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
         """``(Hp*Wp,)`` True for tokens of the unpadded map; None when nothing is padded."""
@@ -428,17 +429,16 @@ class SparseSwinBlockSequence(BaseModule):
         return window_log_odds
 
     def _run_nested(self, block: SparseSwinBlock, ratio: float, buffer: torch.Tensor, grid: WindowGrid,
-                    perturbed_scores: torch.Tensor, tokens_per_image: int) -> None:
+                    perturbed_scores: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
         """Training with the learned scorer: every window runs, a hard decision picks its output or its input.
 
         Decisions follow the inference rule: one ranking per stage and grid (the perturbed
         log-odds), each block keeps a prefix of it (``nested_keep_decisions``), so a dropped
         window stays dropped. They are straight-through, so the task loss trains the
-        predictor, and each block's kept fraction enters the keep-ratio loss with its own target.
+        predictor, and each block's kept fraction, returned ``(B,)``, enters the keep-ratio loss with its own
+        target.
         """
         decision = nested_keep_decisions(perturbed_scores, 1.0 - ratio)
-        self.kept_fractions.append(decision.mean(1))
-        self.keep_targets.append(1.0 - ratio)
         batch, channels = decision.shape[0], buffer.shape[1]
         window_tokens = grid.token_index.expand(batch, -1, -1)
         rows = batched_token_positions(window_tokens, tokens_per_image)
@@ -446,16 +446,18 @@ class SparseSwinBlockSequence(BaseModule):
         out = block(windows, grid.all_windows_attn_mask(), grid.valid)
         mixed = windows + decision[..., None, None].to(out.dtype) * (out - windows)
         scatter_rows_(buffer, rows, mixed.reshape(-1, channels))
+        return decision.mean(1)
 
 
 @MODELS.register_module()
-class SparseViTSwin(PretrainedInitMixin, BaseModule):
+class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
     """Swin Transformer with SparseViT window pruning, a drop-in for mmdet's ``SwinTransformer``.
 
     Args:
-        pruning_ratios (float | list): One float for every block, or one entry per
-            stage: a float for all its blocks or a list with one ratio per block.
-            Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense. A
+        pruning_ratios (float | list | str): One float for every block, or one entry per
+            stage: a float for all its blocks or a list with one ratio per block,
+            or a name of the paper's searched configurations of Swin-T ('cfg1',
+            'cfg2', 'cfg3'). Ratios lie in [0, 1) and never decrease inside a stage. 0 = dense. A
             block keeps ``floor((1 - ratio) * nW)`` of its stage's nW windows, so a
             stage with few windows at the input size (e.g. one) keeps none at
             ratio 0.5; the forward pass warns when a block keeps no window.
@@ -504,7 +506,7 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
                  pretrained: str | None = None,
                  convert_weights: bool = False,
                  frozen_stages: int = -1,
-                 pruning_ratios: float | Sequence = 0.,
+                 pruning_ratios: float | Sequence | str = 0.,
                  scorer: str = 'l2',
                  keep_ratio_loss_weight: float = 2.,
                  arch: str | None = None,
@@ -542,8 +544,6 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
         self.depths = tuple(depths)
         self.window_size = window_size
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
-        self.kept_windows: list[list[torch.Tensor | None]] = []
-        self.stage_hw_shapes: list[tuple[int, int]] = []
 
         self.patch_embed = PatchEmbed(
             in_channels=in_channels,
@@ -595,26 +595,26 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
     @staticmethod
     def _check_pretrain_img_size(size: int | Sequence[int]) -> tuple[int, int]:
         """mmdet's rule: an int, or a tuple (here also a list) of one or two ints."""
-        if isinstance(size, int) and not isinstance(size, bool):
-            return size, size
-        if isinstance(size, (tuple, list)) and len(size) in (1, 2) and all(
-                isinstance(side, int) and not isinstance(side, bool) for side in size):
-            return int(size[0]), int(size[-1])
+        if isinstance(size, (tuple, list)) and len(size) == 1:
+            size = size[0]
+        sides = to_2tuple(size)
+        if isinstance(sides, (tuple, list)) and len(sides) == 2 and all(
+                isinstance(side, int) and not isinstance(side, bool) for side in sides):
+            return int(sides[0]), int(sides[1])
         raise ValueError(f'pretrain_img_size must be an int or a tuple of 1 or 2 ints, got {size!r}')
 
-    def set_pruning_ratios(self, pruning_ratios: float | Sequence) -> None:
+    def set_pruning_ratios(self, pruning_ratios: float | Sequence | str) -> None:
         """Change the per-block ratios (same forms and checks as the constructor argument)."""
         self.pruning_ratios = normalize_pruning_ratios(pruning_ratios, self.depths)
 
-    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
-        """``loss_window_keep_ratio`` of the last training forward with the learned scorer; {} otherwise.
+    def auxiliary_losses(self, record: ForwardRecord) -> dict[str, torch.Tensor]:
+        """``loss_window_keep_ratio`` of the training pass that made ``record`` with the learned scorer; {} otherwise.
 
-        The detector/segmentor subclasses in ``plugin.models.detectors`` add it to their losses.
+        The detectors and segmentors in ``plugin.models.detectors`` add it to their losses.
         """
-        fractions = [f for stage in self.stages for f in stage.kept_fractions]
+        fractions, targets = record.keep_ratio_terms()
         if not fractions:
             return {}
-        targets = [t for stage in self.stages for t in stage.keep_targets]
         return {'loss_window_keep_ratio': self.keep_ratio_loss_weight * keep_ratio_loss(fractions, targets)}
 
     def train(self, mode: bool = True) -> 'SparseViTSwin':
@@ -658,10 +658,8 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             if key not in own or own[key].shape == value.shape:
                 continue
             if 'relative_position_bias_table' in key and value.shape[1] == own[key].shape[1]:
-                side, new_side = int(value.shape[0]**0.5), int(own[key].shape[0]**0.5)
-                table = value.T.reshape(1, -1, side, side)
-                table = F.interpolate(table, size=(new_side, new_side), mode='bicubic')
-                state_dict[key] = table.reshape(-1, new_side * new_side).T.contiguous()
+                state_dict[key] = resize_rel_pos_bias_table_simple(
+                    value, (self.window_size, self.window_size), tuple(own[key].shape)).contiguous()
             elif key == 'absolute_pos_embed' and value.shape[-1] == own[key].shape[-1]:
                 side = round(value.shape[1]**0.5)
                 if side * side != value.shape[1]:
@@ -680,7 +678,18 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             return f'The checkpoint has {depths} blocks per stage, the model {list(self.depths)}: check arch/depths.'
         return None
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def stage_strides(self) -> list[int]:
+        """Input pixels per token side at every stage, from the patch embedding and merging strides."""
+        stride = self.patch_embed.projection.stride[0]
+        strides = []
+        for stage in self.stages:
+            strides.append(stride)
+            if stage.downsample is not None:
+                stride *= stage.downsample.sampler.stride[0]
+        return strides
+
+    def _forward_with_record(self, x: torch.Tensor) -> tuple[list[torch.Tensor], ForwardRecord]:
+        input_shape = tuple(x.shape[2:])
         x, hw_shape = self.patch_embed(x)
         if self.use_abs_pos_embed:
             pos_embed = self.absolute_pos_embed
@@ -689,38 +698,31 @@ class SparseViTSwin(PretrainedInitMixin, BaseModule):
             x = x + pos_embed
         x = self.drop_after_pos(x)
 
-        outs, kept_windows, stage_shapes = [], [], []
-        for i, stage in enumerate(self.stages):
-            x, hw_shape, out, out_hw_shape, kept = stage(x, tuple(hw_shape), self.pruning_ratios[i])
-            kept_windows.append(kept)
-            stage_shapes.append(tuple(out_hw_shape))
+        outs, stages = [], []
+        for i, (stage, stride) in enumerate(zip(self.stages, self.stage_strides())):
+            x, hw_shape, out, out_hw_shape, blocks = stage(x, tuple(hw_shape), self.pruning_ratios[i])
+            stages.append(StageRecord(tuple(out_hw_shape), stage.window_size, stride, blocks))
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(out)
                 outs.append(out.view(-1, *out_hw_shape, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+        record = ForwardRecord(input_shape, tuple(stages))
         if not torch.compiler.is_compiling():
-            self._warn_on_empty_blocks(kept_windows, stage_shapes)
-        if not is_exporting():
-            # Kept for visualisation: per stage and block, the (B, k) windows that ran (None: all). An export
-            # would leave its traced stand-ins here.
-            self.kept_windows, self.stage_hw_shapes = kept_windows, stage_shapes
-        return outs
+            self._warn_on_empty_blocks(record)
+        return outs, record
 
-    def _warn_on_empty_blocks(self, kept_windows: list[list[torch.Tensor | None]],
-                              stage_shapes: list[tuple[int, int]]) -> None:
-        for stage, (kept_per_block, hw_shape) in enumerate(zip(kept_windows, stage_shapes)):
-            for block, kept in enumerate(kept_per_block):
-                if kept is not None and kept.shape[1] == 0:
-                    Hp, Wp = padded_shape(hw_shape, self.window_size)
-                    num_windows = (Hp // self.window_size) * (Wp // self.window_size)
-                    ratio = self.pruning_ratios[stage][block]
-                    warnings.warn(f'stage {stage} has {num_windows} window(s) at this input size, so block {block} '
-                                  f'at ratio {ratio:g} keeps floor({1 - ratio:g} x {num_windows}) = 0 of them and is '
-                                  f'skipped: lower that stage\'s ratios or use a larger input')
+    def _warn_on_empty_blocks(self, record: ForwardRecord) -> None:
+        for index, stage in enumerate(record.stages):
+            for block_index, block in enumerate(stage.blocks):
+                if block.kept is not None and block.kept.shape[1] == 0:
+                    warnings.warn(f'stage {index} has {block.num_windows} window(s) at this input size, so block '
+                                  f'{block_index} at ratio {block.ratio:g} keeps floor({1 - block.ratio:g} x '
+                                  f'{block.num_windows}) = 0 of them and is skipped: lower that stage\'s ratios or '
+                                  f'use a larger input')
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, source_hw: tuple[int, int],
                        target_hw: tuple[int, int]) -> torch.Tensor:
-    """``(1, h*w, C)`` absolute position embedding of a ``source_hw`` grid, resampled bicubically to ``target_hw``."""
-    grid = pos_embed.reshape(1, *source_hw, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=target_hw, mode='bicubic', align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
+    """``(1, h*w, C)`` absolute position embedding of a ``source_hw`` grid, resampled bicubically to ``target_hw``
+    (timm's resampling, without its anti-aliasing, which mmdet's Swin does not apply)."""
+    return resample_abs_pos_embed(pos_embed, new_size=list(target_hw), old_size=list(source_hw), num_prefix_tokens=0,
+                                  antialias=False)

@@ -16,6 +16,7 @@ not have, a predictor a dense checkpoint lacks) stay at their initialisation.
 
 Initialisation (:func:`init_backbone_weights`): the one rule of every backbone.
 """
+import abc
 import pickle
 import re
 from collections import Counter, OrderedDict
@@ -47,6 +48,7 @@ class CheckpointMismatchError(ValueError):
 
     @property
     def num_differences(self) -> int:
+        """How far the checkpoint is from fitting (tools/convert_checkpoint.py names the nearest architecture)."""
         return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
 
@@ -236,15 +238,24 @@ def absent_groups(own: StateDict, state_dict: StateDict, patterns: Sequence[str]
     return [key for key in own if any(re.search(pattern, key) for pattern in absent)]
 
 
-class PretrainedInitMixin:
+class PretrainedInitMixin(abc.ABC):
     """Checkpoint loading and ``init_weights`` of a ``BaseModule`` backbone (the mixin comes first in its bases).
 
-    The backbone defines ``default_init()`` (its architecture's initialisation),
-    ``checkpoint_filter_fn(state_dict)`` (published layouts -> its keys, the timm convention) and
-    ``optional_key_groups``: regexes of key groups a checkpoint may lack as a whole (output norms a
-    classification checkpoint has none of, predictors), which then stay at their initialisation.
+    The backbone implements ``default_init()`` and ``checkpoint_filter_fn(state_dict)`` (a class that
+    does not cannot be instantiated) and may set ``optional_key_groups``: regexes of key groups a
+    checkpoint may lack as a whole (output norms a classification checkpoint has none of, predictors),
+    which then stay at their initialisation.
     """
     optional_key_groups: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def default_init(self) -> None:
+        """The architecture's own initialisation (always applied first, see :func:`init_backbone_weights`)."""
+
+    @abc.abstractmethod
+    def checkpoint_filter_fn(self, state_dict: StateDict) -> StateDict:
+        """A published checkpoint's weights (any layout the backbone supports) -> this backbone's keys (timm's
+        convention); weights already in its layout pass through."""
 
     def init_weights(self) -> None:
         init_backbone_weights(self, self.default_init, self.load_pretrained)

@@ -1,20 +1,32 @@
-"""SparseViT's layer-wise pruning configurations: validation, sampling, the paper's searched ones."""
+"""SparseViT's layer-wise pruning configurations: validation, sampling, the paper's searched ones, and the
+contract of a window-sparse backbone."""
+import abc
 import math
 import numbers
 import random
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
+from .records import RecordingBackbone
+
 # The paper's search space: one ratio per block pair (regular + shifted block).
 RATIO_CHOICES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-# Where the paper's searched configurations are written once (a config `_base_` fragment of this repository).
-PAPER_RATIOS_FRAGMENT = Path(__file__).resolve().parents[3] / 'configs/sparsevit/_base_/paper_pruning_ratios.py'
 
 StageRatios = float | Sequence[float]
 PruningRatios = list[list[float]]
+
+# The paper's three searched layer-wise configurations of SparseViT-Swin-T (the authors' sparsevit_cfg1_42ms.py,
+# sparsevit_cfg2_35ms.py, sparsevit_cfg3_33ms.py): one list of per-block ratios per stage. Written only here; the
+# configs' `_base_` fragment, the tools and ``SparseViTSwin(pruning_ratios='cfg2')`` take them by name.
+PAPER_PRUNING_RATIOS: dict[str, PruningRatios] = {
+    'cfg1': [[0.3, 0.3], [0., 0.], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0., 0.]],
+    'cfg2': [[0.6, 0.6], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
+    'cfg3': [[0.7, 0.7], [0., 0.], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0., 0.]],
+}
+# The depths they were searched for (Swin-T).
+PAPER_DEPTHS = (2, 2, 6, 2)
 
 
 def _is_ratio_number(value: object) -> bool:
@@ -28,15 +40,23 @@ def normalize_pruning_ratios(pruning_ratios: float | Sequence[StageRatios],
 
     Accepts one number for the whole network, or one entry per stage that is a
     number (every block of the stage) or a list with one ratio per block; numpy
-    scalars are numbers, strings and bools are not. Raises ``TypeError`` for a
-    value of the wrong type and ``ValueError`` naming the stage, the block and the
-    broken rule otherwise.
+    scalars are numbers, bools are not), or a name of the paper's searched
+    configurations of Swin-T (``'cfg1'``, ``'cfg2'``, ``'cfg3'``, see ``PAPER_PRUNING_RATIOS``).
+    Raises ``TypeError`` for a value of the wrong type and ``ValueError`` naming the
+    stage, the block and the broken rule otherwise.
     """
+    if isinstance(pruning_ratios, str) and pruning_ratios in PAPER_PRUNING_RATIOS:
+        if tuple(depths) != PAPER_DEPTHS:
+            raise ValueError(f'pruning_ratios={pruning_ratios!r} is the paper\'s configuration of Swin-T (depths '
+                             f'{PAPER_DEPTHS}); this backbone has depths {tuple(depths)}: give one ratio or one '
+                             f'list of per-block ratios per stage')
+        pruning_ratios = PAPER_PRUNING_RATIOS[pruning_ratios]
     if _is_ratio_number(pruning_ratios):
         pruning_ratios = [float(pruning_ratios)] * len(depths)
     if not isinstance(pruning_ratios, Sequence) or isinstance(pruning_ratios, str):
         raise TypeError(f'pruning_ratios must be a number or a list with one entry per stage '
-                        f'({len(depths)} stages), got {pruning_ratios!r}')
+                        f'({len(depths)} stages), got {pruning_ratios!r}; the paper\'s configurations are named '
+                        f'{sorted(PAPER_PRUNING_RATIOS)}')
     if len(pruning_ratios) != len(depths):
         raise ValueError(f'pruning_ratios has {len(pruning_ratios)} entries but the backbone has '
                          f'{len(depths)} stages (depths={tuple(depths)}): give one number or one '
@@ -84,19 +104,27 @@ def num_kept_windows(num_windows: int, ratio: float) -> int:
     return math.floor(num_windows * (1 - ratio) + 1e-9)
 
 
-def paper_pruning_ratios(fragment: Path | None = None) -> dict[str, PruningRatios]:
-    """The paper's searched configurations of Swin-T, ``{'cfg1': ..., 'cfg2': ..., 'cfg3': ...}``,
-    read from their config fragment (default: the one of this repository)."""
-    from mmengine.config import Config
-    fragment = Path(fragment or PAPER_RATIOS_FRAGMENT)
-    if not fragment.is_file():
-        raise FileNotFoundError(f'{fragment} is missing: the paper\'s configurations are read from the '
-                                f'repository\'s configs/ (run from a clone of it, or pass the fragment\'s path)')
-    cfg = Config.fromfile(str(fragment))
-    return {name[len('paper_'):]: cfg[name] for name in sorted(cfg.keys()) if name.startswith('paper_cfg')}
+def paper_pruning_ratios() -> dict[str, PruningRatios]:
+    """The paper's searched configurations by name (a copy of ``PAPER_PRUNING_RATIOS``), for the tools'
+    ``--pruning-ratios cfg2``."""
+    return {name: [list(stage) for stage in ratios] for name, ratios in PAPER_PRUNING_RATIOS.items()}
 
 
-def find_sparse_backbone(model: nn.Module, purpose: str = 'this') -> nn.Module:
+class WindowSparseBackbone(RecordingBackbone):
+    """The contract of a window-sparse backbone: what the hooks, the search, the tools and MACs counting call.
+
+    ``depths`` (blocks per stage) and ``pruning_ratios`` (one list of per-block ratios per stage) are
+    attributes; ``set_pruning_ratios`` takes every form ``normalize_pruning_ratios`` does.
+    """
+    depths: tuple[int, ...]
+    pruning_ratios: PruningRatios
+
+    @abc.abstractmethod
+    def set_pruning_ratios(self, pruning_ratios: float | Sequence | str) -> None:
+        """Change the per-block ratios (checked as the constructor argument)."""
+
+
+def find_sparse_backbone(model: nn.Module, purpose: str = 'this') -> WindowSparseBackbone:
     """The ``backbone`` of a (possibly wrapped) detector or segmentor that takes pruning ratios.
 
     ``purpose`` names what needs it in the error, e.g. ``'--pruning-ratios'``.
@@ -104,9 +132,8 @@ def find_sparse_backbone(model: nn.Module, purpose: str = 'this') -> nn.Module:
     if is_model_wrapper(model):
         model = model.module
     backbone = getattr(model, 'backbone', None)
-    if backbone is None or not callable(getattr(backbone, 'set_pruning_ratios', None)) \
-            or not hasattr(backbone, 'depths'):
-        raise TypeError(f'{purpose} needs a window-sparse backbone (SparseViTSwin: `model.backbone` with '
-                        f'`set_pruning_ratios` and `depths`); {type(model).__name__} has '
+    if not isinstance(backbone, WindowSparseBackbone):
+        raise TypeError(f'{purpose} needs a window-sparse backbone (a WindowSparseBackbone, with depths, '
+                        f'pruning_ratios and set_pruning_ratios: SparseViTSwin); {type(model).__name__} has '
                         f'{type(backbone).__name__}')
     return backbone

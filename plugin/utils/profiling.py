@@ -31,6 +31,15 @@ def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     return counter.get_total_flops() // 2
 
 
+def count_macs_per_module(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, int]:
+    """Multiply-accumulates of one call of ``fn`` per module it ran, as torch's counter names them: ``'Global'``
+    for the whole call, ``'<RootClass>.<child>'`` (e.g. ``'MaskRCNN.backbone'``) for each module called as a
+    module (through ``__call__``), including everything below it."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_ATTENTION) as counter:
+        fn(*args, **kwargs)
+    return {name: sum(flops.values()) // 2 for name, flops in counter.get_flop_counts().items()}
+
+
 def device_name(device: torch.device | str) -> str:
     """A readable name of ``device``: the GPU's, or the CPU's with the threads torch uses."""
     device = torch.device(device)

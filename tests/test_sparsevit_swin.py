@@ -588,3 +588,25 @@ def test_a_block_that_keeps_no_window_warns():
                                          r'keeps floor\(0.5 x 1\) = 0'):
         with torch.no_grad():
             model(torch.randn(1, 3, 96, 96))
+
+
+def test_library_resampling_equals_the_bicubic_resampling_of_mmdet_swin():
+    """timm's helpers, used for checkpoints of another window or image size, compute what mmdet's Swin does
+    (plain bicubic interpolation, no anti-aliasing), written out here as the reference."""
+    from plugin.models.backbones.sparsevit_swin import resample_pos_embed
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, 7 * 9, 8)
+    for target in ((14, 18), (4, 5)):  # up- and downsampling
+        grid = pos_embed.reshape(1, 7, 9, 8).permute(0, 3, 1, 2)
+        expected = F.interpolate(grid, size=target, mode='bicubic', align_corners=False).flatten(2).transpose(1, 2)
+        assert torch.equal(resample_pos_embed(pos_embed, (7, 9), target), expected)
+
+    table = torch.randn((2 * 7 - 1)**2, 1)  # window 7 -> 12, one head in stage 1
+    ours = SparseViTSwin(**{**TINY, 'window_size': 12})
+    state = dict(ours.state_dict())
+    key = 'stages.0.blocks.0.attn.w_msa.relative_position_bias_table'
+    state[key] = table
+    resized = ours.checkpoint_filter_fn(state)[key]
+    assert resized.shape == (23 * 23, 1)
+    expected = F.interpolate(table.T.reshape(1, -1, 13, 13), size=(23, 23), mode='bicubic')
+    assert torch.equal(resized, expected.reshape(-1, 23 * 23).T.contiguous())

@@ -77,8 +77,12 @@ def read_checkpoint(path: str) -> dict:
 
 
 def checkpoint_state_dict(checkpoint: dict) -> StateDict:
-    """The weights of a loaded checkpoint: its ``state_dict`` or ``model`` entry, or itself,
-    without the ``module.`` prefix that (Distributed)DataParallel adds."""
+    r"""The weights of a loaded checkpoint: its ``state_dict`` or ``model`` entry, or itself,
+    without the ``module.`` prefix that (Distributed)DataParallel adds.
+
+    mmengine's ``revise_keys=[(r'^module\.', '')]`` strips it from any key; here only when every key has it,
+    so that a model whose own submodule is named ``module`` keeps its keys.
+    """
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -95,7 +99,11 @@ def key_prefixes(state_dict: StateDict) -> str:
 
 
 def select_prefix(state_dict: StateDict, prefix: str) -> StateDict:
-    """The entries under ``prefix`` (a trailing dot is implied), with it removed."""
+    """The entries under ``prefix`` (a trailing dot is implied), with it removed.
+
+    mmengine's ``_load_checkpoint_with_prefix`` does this on a file it reads itself and fails with a bare
+    assertion; this works on weights already read (weights-only) and names the prefixes the file has.
+    """
     if not prefix.endswith('.'):
         prefix += '.'
     selected = OrderedDict((key[len(prefix):], value) for key, value in state_dict.items() if key.startswith(prefix))

@@ -7,4 +7,4 @@ from .backbone_loss import BackboneLossMixin
 
 @MODELS.register_module()
 class EncoderDecoderWithBackboneLoss(BackboneLossMixin, EncoderDecoder):
-    """mmseg's ``EncoderDecoder`` (same arguments) plus the losses ``backbone.auxiliary_losses(record)`` computes from its forward record."""
+    """mmseg's ``EncoderDecoder`` (same arguments) plus its backbone's losses (``BackboneLossMixin``)."""

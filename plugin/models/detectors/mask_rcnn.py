@@ -7,4 +7,4 @@ from .backbone_loss import BackboneLossMixin
 
 @MODELS.register_module()
 class MaskRCNNWithBackboneLoss(BackboneLossMixin, MaskRCNN):
-    """mmdet's ``MaskRCNN`` (same arguments) plus the losses ``backbone.auxiliary_losses(record)`` computes from its forward record."""
+    """mmdet's ``MaskRCNN`` (same arguments) plus its backbone's losses (``BackboneLossMixin``)."""

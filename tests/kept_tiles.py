@@ -3,6 +3,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn as nn
 
 import plugin.models.utils.tile_conv as tile_conv
 from plugin.models.utils.records import KeptTiles
@@ -34,3 +35,16 @@ def computed_as(mode: str) -> Iterator[None]:
         yield
     finally:
         tile_conv.DENSE_FALLBACK_FRACTION = saved
+
+
+def masked_group_norm_reference(norm: nn.GroupNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GroupNorm whose statistics, per image and group, are the mean and variance of the values at ``mask``."""
+    out = torch.empty_like(x)
+    per_group = x.shape[1] // norm.num_groups
+    for image in range(x.shape[0]):
+        for group in range(norm.num_groups):
+            channels = slice(group * per_group, (group + 1) * per_group)
+            values = x[image, channels][:, mask[image]]
+            mean, variance = values.mean(), values.var(unbiased=False)
+            out[image, channels] = (x[image, channels] - mean) / torch.sqrt(variance + norm.eps)
+    return out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)

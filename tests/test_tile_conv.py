@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kept_tiles import MODES, computed_as, every_tile, random_tiles
+from kept_tiles import MODES, computed_as, every_tile, masked_group_norm_reference, random_tiles
 from mmcv.cnn import ConvModule
 from mmcv.ops import ModulatedDeformConv2dPack
 
@@ -68,19 +68,6 @@ def test_layers_on_kept_tiles_are_the_dense_layers_with_zeros_between_them(case,
     with computed_as(mode), torch.no_grad():
         out = run_on_kept(layers, x, tiles).to_map(5.)
     torch.testing.assert_close(out, reference.detach(), rtol=1e-5, atol=1e-5)
-
-
-def masked_group_norm_reference(norm: nn.GroupNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """GroupNorm whose statistics, per image and group, are the mean and variance of the values at ``mask``."""
-    out = torch.empty_like(x)
-    per_group = x.shape[1] // norm.num_groups
-    for image in range(x.shape[0]):
-        for group in range(norm.num_groups):
-            channels = slice(group * per_group, (group + 1) * per_group)
-            values = x[image, channels][:, mask[image]]
-            mean, variance = values.mean(), values.var(unbiased=False)
-            out[image, channels] = (x[image, channels] - mean) / torch.sqrt(variance + norm.eps)
-    return out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
 
 
 def test_group_norm_on_kept_tiles_takes_its_statistics_over_the_kept_pixels(case):

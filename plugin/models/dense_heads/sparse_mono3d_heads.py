@@ -19,8 +19,11 @@ from .skipped_positions import (
 
 def _branch(prev_layers: nn.ModuleList | None, predictor: nn.Conv2d, feature: KeptFeature, tiles: KeptTiles,
             fill: float) -> torch.Tensor:
-    """A prediction branch (its 3x3 ConvModules, then the 1x1 predictor) on the kept tiles; ``fill`` elsewhere."""
-    return run_on_kept([*(prev_layers or []), predictor], feature, tiles).to_map(fill)
+    """A prediction branch (its 3x3 ConvModules, then the 1x1 predictor) on the kept tiles; ``fill`` elsewhere.
+
+    In NCHW memory, as mmdet3d's outputs: the tiles were written into a channels-last buffer.
+    """
+    return run_on_kept([*(prev_layers or []), predictor], feature, tiles).to_map(fill).contiguous()
 
 
 class SparseMono3DHeadMixin:
@@ -108,8 +111,8 @@ class SparseFCOSMono3DHead(SparseMono3DHeadMixin, FCOSMono3DHead):
         cls_score, bbox_pred, dir_cls_pred, attr_pred, centerness, cls_feat, reg_feat = self._sparse_outputs(
             x, kept_tiles)
         bbox_pred = self.bbox_coder.decode(bbox_pred, scale, stride, self.training, cls_score)
-        return (cls_score, bbox_pred, dir_cls_pred, attr_pred, centerness, cls_feat.to_map(0.),
-                reg_feat.to_map(0.))
+        # The features as mmdet3d returns them (FCOSMono3DHead.forward drops them): zero off the kept tiles.
+        return cls_score, bbox_pred, dir_cls_pred, attr_pred, centerness, cls_feat.to_map(0.), reg_feat.to_map(0.)
 
 
 @MODELS.register_module()

@@ -83,6 +83,8 @@ class SparseFPN(FPN):
             coarsest = i == used_backbone_levels - 1
             fill = 0. if self.fill_skipped == 'zero' or coarsest else self._upsample(outs[i + 1], laterals[i])
             outs[i] = self._on_kept(self.fpn_convs[i], laterals[i], level_tiles[i], fill)
+        # Tiles are written into channels-last buffers; mmcv's RoIAlign reads its input's memory as NCHW.
+        outs = [out.contiguous() for out in outs]
 
         if self.num_outs > len(outs):
             if not self.add_extra_convs:

@@ -236,6 +236,10 @@ def _group_norm(norm: nn.GroupNorm, values: torch.Tensor, groups: torch.Tensor,
     """GroupNorm of ``values`` viewed as ``groups`` ``(B, X, G, C / G, N)``: statistics per image and group over
     dims 1, 3 and 4, counting each pixel with its ``weights`` (broadcastable, 0 or 1; None: all 1)."""
     dims = (1, 3, 4)
+    # Statistics in float32 at least, as autocast runs nn.GroupNorm: a half-precision sum over a map loses digits.
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    groups = groups.to(dtype)
+    weights = None if weights is None else weights.to(dtype)
     if weights is None:
         mean = groups.mean(dim=dims, keepdim=True)
         centred = groups - mean
@@ -245,10 +249,10 @@ def _group_norm(norm: nn.GroupNorm, values: torch.Tensor, groups: torch.Tensor,
         mean = (groups * weights).sum(dim=dims, keepdim=True) / count
         centred = groups - mean
         variance = (centred.square() * weights).sum(dim=dims, keepdim=True) / count
-    out = (centred * torch.rsqrt(variance + norm.eps)).view_as(values)
+    out = (centred * torch.rsqrt(variance + norm.eps)).view(values.shape)
     if norm.affine:
         out = out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
-    return out
+    return out.to(values.dtype)
 
 
 def group_norm_on_tiles(norm: nn.GroupNorm, values: torch.Tensor, tiles: KeptTiles) -> torch.Tensor:

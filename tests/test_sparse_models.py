@@ -29,6 +29,8 @@ SPARSE_CONFIGS = sorted(p for p in CONFIG_ROOT.rglob('*sparse-neck*.py'))
 # 75x110: stage maps 19x28 (5x7 windows of 4), 10x14, 5x7 (2x2 windows), 3x4; stages 0 and 2 pruned as cfg2 prunes.
 IMAGE = (75, 110)
 RATIOS = [[0.5, 0.5], [0., 0.], [0.5, 0.5], [0., 0.]]
+# Stage 0 keeps 17 of 35 windows (the tiles), stage 1 11 of 12 (0.92: the dense fallback).
+EXPORT_RATIOS = [[0.5, 0.5], [0.05, 0.05], [0., 0.], [0., 0.]]
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -346,10 +348,11 @@ def assert_outputs_match(outputs, references, rtol):
 
 def test_sparse_fpn_and_rpn_export_and_follow_their_input(detectors, tmp_path):
     """torch.export (non-strict) and ONNX (dynamo) of extract_feat + rpn_head at a static size compute what
-    PyTorch computes, -inf logits of skipped anchors included, for inputs that keep other windows."""
+    PyTorch computes, -inf logits of skipped anchors included, for inputs that keep other windows; one level
+    runs on tiles, one through the dense fallback."""
     _, sparse = detectors
     model = ProposalInputs(copy.deepcopy(sparse)).eval()
-    model.backbone.set_pruning_ratios(RATIOS)
+    model.backbone.set_pruning_ratios(EXPORT_RATIOS)
     generator = torch.Generator().manual_seed(5)
     images = [torch.randn(1, 3, *IMAGE, generator=generator) for _ in range(2)]
     with torch.no_grad():
@@ -362,5 +365,6 @@ def test_sparse_fpn_and_rpn_export_and_follow_their_input(detectors, tmp_path):
     for image, reference, program_output in zip(images, references, program_outputs):
         assert_outputs_match(program_output, reference, 1e-5)
         assert_outputs_match(onnx_run(image), reference, 1e-4)
-    rpn_scores = [outputs[5] for outputs in references]
-    assert not torch.equal(torch.isneginf(rpn_scores[0]), torch.isneginf(rpn_scores[1]))
+    assert all(torch.isneginf(outputs[6]).any() for outputs in references)  # level 1 (dense fallback)
+    level_0_skipped = [torch.isneginf(outputs[5]) for outputs in references]
+    assert level_0_skipped[0].any() and not torch.equal(*level_0_skipped)

@@ -77,8 +77,8 @@ def keep_computed(x: torch.Tensor, tiles: KeptTiles, fill: float | torch.Tensor)
     """``x`` on the kept tiles and ``fill`` (a number or a map like ``x``) on the others: the dense fallback's
     result, and what :func:`scatter_tiles` gives."""
     mask = tiles.mask().unsqueeze(1)
-    fill = fill if isinstance(fill, torch.Tensor) else torch.tensor(fill, dtype=x.dtype, device=x.device)
-    return torch.where(mask, x, fill.to(x.dtype))
+    # A number stays a Python scalar: a tensor made of it would be a host-to-device copy on every call.
+    return torch.where(mask, x, fill.to(x.dtype) if isinstance(fill, torch.Tensor) else fill)
 
 
 class TileTable(NamedTuple):

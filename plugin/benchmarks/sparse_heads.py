@@ -10,10 +10,15 @@ same features.
 Needs mmdet.
 """
 import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
-from ..utils import count_macs, median_latency_ms
+from ..models.utils.records import KeptTiles
+from ..utils import count_macs
 
 FPN_IN_CHANNELS = [96, 192, 384, 768]
 FPN_CHANNELS = 256
@@ -32,13 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (a shared machine: 1)')
 
 
-def _random_tiles(feature_shape: tuple[int, int], fraction: float, device: torch.device):
-    from ..models.utils.records import KeptTiles
+def _random_tiles(feature_shape: tuple[int, int], fraction: float, device: torch.device) -> KeptTiles:
+    """``fraction`` of the tiles of one image, drawn at random."""
     probe = KeptTiles(torch.zeros(1, 0, dtype=torch.long), TILE, feature_shape)
     kept = max(1, round(fraction * probe.num_tiles))
     generator = torch.Generator().manual_seed(0)
     index = torch.randperm(probe.num_tiles, generator=generator)[:kept].view(1, -1).to(device)
     return KeptTiles(index, TILE, feature_shape)
+
+
+def alternating_medians(runs: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
+    """Median milliseconds of each run, timed in alternation (one call of each per round, after ``args.warmup``
+    rounds), so that a machine whose load changes during the measurement slows every run alike."""
+    times = {name: [] for name in runs}
+    with torch.no_grad():
+        for round_index in range(args.warmup + args.repeats):
+            for name, run_once in runs.items():
+                start = time.perf_counter()
+                run_once()
+                if args.device.type == 'cuda':
+                    torch.cuda.synchronize(args.device)
+                if round_index >= args.warmup:
+                    times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -52,22 +73,23 @@ def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     for name, (layer, channels) in layers.items():
         layer = layer.to(args.device).eval()
         x = torch.randn(1, channels, *stride4, device=args.device)
-        dense_ms = median_latency_ms(lambda: layer(x), args.device, args.warmup, args.repeats)
         for fraction in args.fractions:
             tiles = _random_tiles(stride4, fraction, args.device)
-            row = {'layer': name, 'map': f'{stride4[0]}x{stride4[1]}', 'kept fraction': round(tiles.kept_fraction, 3)}
-            for mode, threshold in (('tiles', 2.0), ('dense+mask', 0.0)):
+
+            def on_kept(threshold: float, tiles=tiles, layer=layer, x=x) -> torch.Tensor:
                 saved = tile_conv.DENSE_FALLBACK_FRACTION
                 tile_conv.DENSE_FALLBACK_FRACTION = threshold
                 try:
-                    row[f'{mode} ms'] = median_latency_ms(
-                        lambda: tile_conv.run_on_kept([layer], x, tiles).to_map(0.), args.device, args.warmup,
-                        args.repeats)
+                    return tile_conv.run_on_kept([layer], x, tiles).to_map(0.)
                 finally:
                     tile_conv.DENSE_FALLBACK_FRACTION = saved
-            row['dense conv ms'] = dense_ms
-            row['tiles / dense+mask'] = row['tiles ms'] / row['dense+mask ms']
-            rows.append(row)
+            medians = alternating_medians({'tiles': functools.partial(on_kept, 2.0),
+                                           'dense+mask': functools.partial(on_kept, 0.0),
+                                           'dense conv': functools.partial(layer, x)}, args)
+            rows.append({'layer': name, 'map': f'{stride4[0]}x{stride4[1]}',
+                         'kept fraction': round(tiles.kept_fraction, 3),
+                         **{f'{mode} ms': value for mode, value in medians.items()},
+                         'tiles / dense+mask': medians['tiles'] / medians['dense+mask']})
     return rows
 
 
@@ -93,27 +115,28 @@ def fpn_rpn_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     backbone = SparseViTSwin(arch='tiny').to(args.device).eval()
     image = torch.randn(1, 3, *args.size, device=args.device)
 
-    def dense() -> object:
-        return rpn(fpn(features))
-
-    def sparse() -> object:
-        return sparse_rpn(sparse_fpn_module(features, tiles))
-
-    rows = []
-    dense_ms = dense_macs = None
+    runs = {}
     for setting in ['0', *args.ratios]:
         backbone.set_pruning_ratios(setting if setting.startswith('cfg') else float(setting))
         with torch.no_grad():
             features, record = backbone.forward_with_record(image)
         tiles = record.kept_tiles(backbone.out_indices)
-        run = dense if setting == '0' else sparse
-        macs = count_macs(run) / 1e9
-        latency = median_latency_ms(run, args.device, args.warmup, args.repeats)
-        dense_ms, dense_macs = dense_ms or latency, dense_macs or macs
+        if setting == '0':
+            runs[setting] = (functools.partial(lambda f: rpn(fpn(f)), features), tiles)
+        else:
+            runs[setting] = (functools.partial(lambda f, t: sparse_rpn(sparse_fpn_module(f, t)), features, tiles),
+                             tiles)
+    medians = alternating_medians({setting: run_setting for setting, (run_setting, _) in runs.items()}, args)
+    rows = []
+    for setting, (run_setting, tiles) in runs.items():
+        macs = count_macs(run_setting) / 1e9
+        latency = medians[setting]
         rows.append({'pruning': 'dense (mmdet FPN + RPNHead)' if setting == '0' else setting,
                      'kept fractions': ' / '.join('-' if t is None else f'{t.kept_fraction:.2f}' for t in tiles),
-                     'FPN+RPN GMACs': macs, 'FPN+RPN ms': latency, 'MACs ratio': dense_macs / macs,
-                     'speedup': dense_ms / latency})
+                     'FPN+RPN GMACs': macs, 'FPN+RPN ms': latency})
+    for row in rows:
+        row['MACs ratio'] = rows[0]['FPN+RPN GMACs'] / row['FPN+RPN GMACs']
+        row['speedup'] = rows[0]['FPN+RPN ms'] / row['FPN+RPN ms']
     return rows
 
 

@@ -84,12 +84,14 @@ def keep_computed(x: torch.Tensor, tiles: KeptTiles, fill: float | torch.Tensor)
 class TileTable(NamedTuple):
     """Positions of every tile of one map size, tile size and halo.
 
-    patch_rows: ``(nT, (t + 2h)**2)`` positions of a tile and its halo in the flat map padded by ``h`` on
-        every side and to whole tiles: ``(Hp + 2h) * (Wp + 2h)``.
+    patch_rows: ``(nT, (t + 2h)**2)`` positions of a tile and its halo in the flat map ``H * W``; a pixel
+        outside the map takes a position inside it, and ``patch_inside`` marks it.
+    patch_inside: ``(nT, (t + 2h)**2)`` True for the pixels of ``patch_rows`` inside the map; None when all are.
     pixel_rows: ``(nT, t * t)`` positions of a tile's pixels in the flat map padded to whole tiles, ``Hp * Wp``.
     inside: ``(nT, t * t)`` True for a pixel inside the map; None when the tiles cover it exactly.
     """
     patch_rows: torch.Tensor
+    patch_inside: torch.Tensor | None
     pixel_rows: torch.Tensor
     inside: torch.Tensor | None
 
@@ -108,9 +110,13 @@ def build_tile_table(feature_shape: tuple[int, int], tile_size: int, halo: int, 
     rows, cols = padded_height // tile_size, padded_width // tile_size
     tile_top = (torch.arange(rows, device=device) * tile_size).repeat_interleave(cols)
     tile_left = (torch.arange(cols, device=device) * tile_size).repeat(rows)
-    side = torch.arange(tile_size + 2 * halo, device=device)
-    patch_rows = ((tile_top[:, None, None] + side[None, :, None]) * (padded_width + 2 * halo)
-                  + tile_left[:, None, None] + side[None, None, :])
+    side = torch.arange(tile_size + 2 * halo, device=device) - halo
+    patch_y = tile_top[:, None, None] + side[None, :, None]
+    patch_x = tile_left[:, None, None] + side[None, None, :]
+    patch_rows = patch_y.clamp(0, height - 1) * width + patch_x.clamp(0, width - 1)
+    patch_inside = None
+    if halo > 0 or (padded_height, padded_width) != (height, width):
+        patch_inside = ((patch_y >= 0) & (patch_y < height) & (patch_x >= 0) & (patch_x < width)).flatten(1)
     pixel = torch.arange(tile_size, device=device)
     pixel_y = tile_top[:, None, None] + pixel[None, :, None]
     pixel_x = tile_left[:, None, None] + pixel[None, None, :]
@@ -118,7 +124,7 @@ def build_tile_table(feature_shape: tuple[int, int], tile_size: int, halo: int, 
     inside = None
     if (padded_height, padded_width) != (height, width):
         inside = ((pixel_y < height) & (pixel_x < width)).flatten(1)
-    return TileTable(patch_rows.flatten(1), pixel_rows.flatten(1), inside)
+    return TileTable(patch_rows.flatten(1), patch_inside, pixel_rows.flatten(1), inside)
 
 
 def tile_table(tiles: KeptTiles, halo: int, device: torch.device) -> TileTable:
@@ -131,14 +137,14 @@ def gather_tiles(x: torch.Tensor, tiles: KeptTiles, halo: int = 0) -> torch.Tens
     """The kept tiles of ``x`` ``(B, C, H, W)`` with ``halo`` pixels around each (zeros outside the map), as a
     batch ``(B * k, C, t + 2 * halo, t + 2 * halo)``, image by image in the order of ``tiles.index``."""
     batch, channels, height, width = x.shape
-    padded_height, padded_width = padded_to_tiles((height, width), tiles.tile_size)
     table = tile_table(tiles, halo, x.device)
-    # Channels last, padded by the halo and to whole tiles: one copy of the map, then one row per pixel.
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, halo, halo + padded_width - width, halo,
-                                           halo + padded_height - height))
-    rows = batched_token_positions(table.patch_rows[tiles.index], padded.shape[1] * padded.shape[2])
+    # One row per pixel: a view of a map that is channels-last in memory (what scatter_tiles gives), else a copy.
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    patches = gather_rows(pixels, batched_token_positions(table.patch_rows[tiles.index], height * width))
+    if table.patch_inside is not None:
+        # Zeros outside the map, as the dense convolution's padding: cheaper than padding the whole map.
+        patches = patches.masked_fill_(~table.patch_inside[tiles.index].reshape(-1, 1), 0.)
     side = tiles.tile_size + 2 * halo
-    patches = gather_rows(padded.reshape(-1, channels), rows)
     return patches.view(-1, side, side, channels).permute(0, 3, 1, 2)
 
 
@@ -152,7 +158,9 @@ def scatter_tiles(values: torch.Tensor, tiles: KeptTiles, fill: float | torch.Te
     channels = values.shape[1]
     height, width = tiles.feature_shape
     padded_height, padded_width = padded_to_tiles(tiles.feature_shape, tiles.tile_size)
-    if isinstance(fill, torch.Tensor):
+    if isinstance(fill, torch.Tensor) and (padded_height, padded_width) == (height, width):
+        buffer = fill.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).reshape(-1, channels)
+    elif isinstance(fill, torch.Tensor):
         buffer = F.pad(fill.permute(0, 2, 3, 1), (0, 0, 0, padded_width - width, 0, padded_height - height))
         buffer = buffer.reshape(-1, channels)
     else:

@@ -368,3 +368,21 @@ def test_sparse_fpn_and_rpn_export_and_follow_their_input(detectors, tmp_path):
     assert all(torch.isneginf(outputs[6]).any() for outputs in references)  # level 1 (dense fallback)
     level_0_skipped = [torch.isneginf(outputs[5]) for outputs in references]
     assert level_0_skipped[0].any() and not torch.equal(*level_0_skipped)
+
+
+def test_sparse_heads_benchmark_runs_both_parts_at_a_small_size():
+    """``tools/benchmark.py sparse_heads`` end to end at 112x112, one timed call: its rows, not its speed."""
+    import argparse
+    import warnings
+
+    from plugin.benchmarks import sparse_heads
+    args = argparse.Namespace(size=(112, 112), fractions=[0.5, 1.0], ratios=['cfg2'], threads=1,
+                              device=torch.device('cpu'), warmup=0, repeats=1, part='fpn-rpn')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # a stage of 112x112 keeps no window at cfg2's ratios
+        rows = sparse_heads.run(args)
+    assert [row['pruning'] for row in rows] == ['dense (mmdet FPN + RPNHead)', 'cfg2']
+    assert rows[1]['MACs ratio'] > 1.2 and rows[1]['kept fractions'].startswith('0.')
+    rows = sparse_heads.run(argparse.Namespace(**{**vars(args), 'part': 'layer'}))
+    assert [(row['layer'][:3], row['kept fraction']) for row in rows] == [
+        ('3x3', 0.5), ('3x3', 1.0), ('1x1', 0.5), ('1x1', 1.0)]

@@ -1,4 +1,6 @@
 """Convolutions on kept tiles (plugin.models.utils.tile_conv) against the dense layers on the same map."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -144,7 +146,10 @@ def test_layers_that_cannot_run_on_tiles_are_refused():
 def test_sparse_features_check_their_tiles():
     maps = [torch.zeros(2, 3, 11, 13), torch.zeros(2, 3, 6, 7)]
     tiles = every_tile(2, (11, 13), 4)
-    assert SparseFeatures(maps, [tiles, None]).kept_tiles == (tiles, None)
+    features = SparseFeatures(maps, [tiles, None])
+    assert features.kept_tiles == (tiles, None)
+    copied = copy.deepcopy(features)
+    assert isinstance(copied, SparseFeatures) and torch.equal(copied.kept_tiles[0].index, tiles.index)
     with pytest.raises(ValueError, match='one kept-tiles entry'):
         SparseFeatures(maps, [tiles])
     with pytest.raises(ValueError, match=r'describe a \(11, 13\) map but the feature map is \(6, 7\)'):

@@ -49,6 +49,10 @@ class SparseFeatures(tuple):
         obj.kept_tiles = kept_tiles
         return obj
 
+    def __getnewargs__(self) -> tuple:
+        # copy and pickle rebuild a tuple subclass through __new__ with these arguments.
+        return tuple(self), self.kept_tiles
+
 
 def kept_tiles_of(features: Sequence[torch.Tensor]) -> tuple[KeptTiles | None, ...]:
     """The kept tiles of each map of ``features``: a :class:`SparseFeatures`' own, all None for a plain tuple."""

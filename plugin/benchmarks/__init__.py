@@ -3,4 +3,4 @@
 A suite module has ``add_arguments(parser)`` and ``run(args) -> list of dicts``; every ratio in
 its rows (speedup, MACs ratio, eff) comes from measurements of the same run.
 """
-SUITES = ('dynamicvit', 'efficientformer', 'mono3d', 'onnxruntime', 'search', 'sparsevit', 'whole')
+SUITES = ('dynamicvit', 'efficientformer', 'mono3d', 'onnxruntime', 'search', 'sparse_heads', 'sparsevit', 'whole')

@@ -60,43 +60,57 @@ class Task:
 
 
 SWIN_DET = 'sparsevit/mask-rcnn_sparsevit-swin-t-p4-w7_fpn_amp-ms-crop-3x_coco-672.py'
+# Sparse all the way (SparseFPN and SparseRPNHead): the same weights as SWIN_DET's, other module types.
+SPARSE_DET = 'sparsevit/mask-rcnn_sparsevit-swin-t-p4-w7_sparse-neck_fpn_amp-ms-crop-3x_coco-672_cfg2.py'
+SPARSE_LEARNED_DET = ('sparsevit/mask-rcnn_sparsevit-swin-t-learned-scorer_sparse-neck_fpn_amp-ms-crop-3x_coco-672'
+                      '_cfg2.py')
 SWIN_SEG = 'sparsevit/fpn_sparsevit-swin-t-p4-w7_4xb4-160k_ade20k-512x512.py'
+SPARSE_SEG = 'sparsevit/fpn_sparsevit-swin-t-p4-w7_sparse-neck_4xb4-160k_ade20k-512x512_finetune_cfg2.py'
+SWIN_FCOS3D = 'mono3d/fcos3d_sparsevit-swin-t-p4-w7_fpn_head-gn_8xb2-1x_nus-mono3d.py'
+SPARSE_FCOS3D = 'mono3d/fcos3d_sparsevit-swin-t-p4-w7_sparse-neck_fpn_head-gn_8xb2-1x_nus-mono3d_cfg2.py'
+SWIN_PGD = 'mono3d/pgd_sparsevit-swin-t-p4-w7_fpn_head-gn_4xb3-4x_kitti-mono3d.py'
+DENSE = 'SparseViT-Swin-T dense'
 TASKS = {task.name: task for task in (
     Task('mask-rcnn', (672, 672), (
-        WholeModel('SparseViT-Swin-T dense', SWIN_DET),
-        WholeModel('SparseViT-Swin-T cfg1', SWIN_DET, dict(pruning_ratios='cfg1'), 'SparseViT-Swin-T dense'),
-        WholeModel('SparseViT-Swin-T cfg2', SWIN_DET, dict(pruning_ratios='cfg2'), 'SparseViT-Swin-T dense'),
-        WholeModel('SparseViT-Swin-T cfg3', SWIN_DET, dict(pruning_ratios='cfg3'), 'SparseViT-Swin-T dense'),
+        WholeModel(DENSE, SWIN_DET),
+        WholeModel('SparseViT-Swin-T cfg1', SWIN_DET, dict(pruning_ratios='cfg1'), DENSE),
+        WholeModel('SparseViT-Swin-T cfg2', SWIN_DET, dict(pruning_ratios='cfg2'), DENSE),
+        WholeModel('SparseViT-Swin-T cfg3', SWIN_DET, dict(pruning_ratios='cfg3'), DENSE),
+        WholeModel('SparseViT-Swin-T uniform 0.6', SWIN_DET, dict(pruning_ratios=0.6), DENSE),
         WholeModel('SparseViT-Swin-T learned scorer cfg2', SWIN_DET, dict(pruning_ratios='cfg2', scorer='learned'),
-                   'SparseViT-Swin-T dense'),
+                   DENSE),
+        WholeModel('SparseViT-Swin-T cfg2, sparse all the way', SPARSE_DET, dict(pruning_ratios='cfg2'), DENSE),
+        WholeModel('SparseViT-Swin-T uniform 0.6, sparse all the way', SPARSE_DET, dict(pruning_ratios=0.6), DENSE),
+        WholeModel('SparseViT-Swin-T learned scorer cfg2, sparse all the way', SPARSE_LEARNED_DET,
+                   dict(pruning_ratios='cfg2'), DENSE),
         WholeModel('EfficientFormer-L1', 'efficientformer/mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
-                   reference='SparseViT-Swin-T dense', same_weights=False),
+                   reference=DENSE, same_weights=False),
         WholeModel('EfficientFormerV2-S2', 'efficientformer/mask-rcnn_efficientformerv2-s2_fpn_1x_coco.py',
-                   reference='SparseViT-Swin-T dense', same_weights=False),
+                   reference=DENSE, same_weights=False),
         WholeModel('DynamicViT-DeiT-S dense', 'dynamicvit/mask-rcnn_dynamicvit-deit-s-r0.7_fpn_1x_coco.py',
                    dict(keep_ratio=1.0)),
         WholeModel('DynamicViT-DeiT-S r0.7', 'dynamicvit/mask-rcnn_dynamicvit-deit-s-r0.7_fpn_1x_coco.py',
                    reference='DynamicViT-DeiT-S dense'),
     )),
     Task('semantic-fpn', (512, 512), (
-        WholeModel('SparseViT-Swin-T dense', SWIN_SEG),
-        WholeModel('SparseViT-Swin-T cfg2', SWIN_SEG, dict(pruning_ratios='cfg2'), 'SparseViT-Swin-T dense'),
+        WholeModel(DENSE, SWIN_SEG),
+        WholeModel('SparseViT-Swin-T cfg2', SWIN_SEG, dict(pruning_ratios='cfg2'), DENSE),
+        WholeModel('SparseViT-Swin-T cfg2, sparse FPN', SPARSE_SEG, dict(pruning_ratios='cfg2'), DENSE),
         WholeModel('EfficientFormer-L1', 'efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py',
-                   reference='SparseViT-Swin-T dense', same_weights=False),
+                   reference=DENSE, same_weights=False),
     )),
     Task('fcos3d', (928, 1600), (
-        WholeModel('SparseViT-Swin-T dense', 'mono3d/fcos3d_sparsevit-swin-t-p4-w7_fpn_head-gn_8xb2-1x_nus-mono3d.py'),
-        WholeModel('SparseViT-Swin-T cfg2', 'mono3d/fcos3d_sparsevit-swin-t-p4-w7_fpn_head-gn_8xb2-1x_nus-mono3d.py',
-                   dict(pruning_ratios='cfg2'), 'SparseViT-Swin-T dense'),
+        WholeModel(DENSE, SWIN_FCOS3D),
+        WholeModel('SparseViT-Swin-T cfg2', SWIN_FCOS3D, dict(pruning_ratios='cfg2'), DENSE),
+        WholeModel('SparseViT-Swin-T cfg2, sparse all the way', SPARSE_FCOS3D, dict(pruning_ratios='cfg2'), DENSE),
         WholeModel('EfficientFormer-L3', 'mono3d/fcos3d_efficientformer-l3_fpn_head-gn_8xb2-1x_nus-mono3d.py',
-                   reference='SparseViT-Swin-T dense', same_weights=False),
+                   reference=DENSE, same_weights=False),
     )),
     Task('pgd', (384, 1248), (
-        WholeModel('SparseViT-Swin-T dense', 'mono3d/pgd_sparsevit-swin-t-p4-w7_fpn_head-gn_4xb3-4x_kitti-mono3d.py'),
-        WholeModel('SparseViT-Swin-T cfg2', 'mono3d/pgd_sparsevit-swin-t-p4-w7_fpn_head-gn_4xb3-4x_kitti-mono3d.py',
-                   dict(pruning_ratios='cfg2'), 'SparseViT-Swin-T dense'),
+        WholeModel(DENSE, SWIN_PGD),
+        WholeModel('SparseViT-Swin-T cfg2', SWIN_PGD, dict(pruning_ratios='cfg2'), DENSE),
         WholeModel('EfficientFormer-L3', 'mono3d/pgd_efficientformer-l3_fpn_head-gn_4xb3-4x_kitti-mono3d.py',
-                   reference='SparseViT-Swin-T dense', same_weights=False),
+                   reference=DENSE, same_weights=False),
     )),
 )}
 

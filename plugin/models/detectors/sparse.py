@@ -3,7 +3,7 @@ import inspect
 
 import torch
 
-from ..utils.records import RecordingBackbone
+from ..utils.records import recording
 from ..utils.tile_conv import SparseFeatures
 from .backbone_loss import BackboneLossMixin
 
@@ -33,6 +33,7 @@ class SparseNeckMixin(BackboneLossMixin):
 
     def extract_sparse_features(self, images: torch.Tensor) -> SparseFeatures:
         """The neck's maps of ``images``, each with the tiles computed on it (None: everywhere)."""
-        backbone: RecordingBackbone = self.backbone
-        features, record = backbone.forward_with_record(images)
-        return self.neck(features, record.kept_tiles(self.backbone.out_indices))
+        # Called as a module (not forward_with_record): its forward hooks run, e.g. those of timers and counters.
+        with recording() as records:
+            features = self.backbone(images)
+        return self.neck(features, records[-1].kept_tiles(self.backbone.out_indices))

@@ -38,6 +38,7 @@ from plugin.demo_data import make_demo_data
 from plugin.models.utils.records import ForwardRecord, recording
 from plugin.utils import alternating_latency_ms, markdown_table, median_latency_ms
 from plugin.utils.cli import HelpFormatter, run_tool
+from plugin.utils.package_data import CONFIG_ROOT
 from plugin.visualization import (
     WindowPictureRow,
     draw_kept_window_rows,
@@ -46,7 +47,7 @@ from plugin.visualization import (
     prediction_picture,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs/demo'
+CONFIG_DIR = CONFIG_ROOT / 'demo'
 DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformerv2-s0_demo-shapes.py'
 SCORER_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py',

@@ -5,6 +5,7 @@ weights are loaded (the configs point at downloads that this machine cannot make
 """
 import functools
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,13 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import MODELS, Registry, init_default_scope
+from mmengine.registry import root as root_registries
 
 import plugin  # noqa: F401  (registers the project's modules)
 from plugin.models.utils.sparsity import RATIO_CHOICES
+from plugin.utils.package_data import CONFIG_ROOT as SHIPPED_CONFIG_ROOT
+from plugin.utils.package_data import CONFIG_SCOPE
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'configs'
 CONFIGS = sorted(p for p in CONFIG_ROOT.rglob('*.py') if '_base_' not in p.parts)
@@ -58,6 +62,56 @@ def test_every_config_is_covered():
     assert CONFIGS, 'no configs found'
     scopes = {load_config(path).get('default_scope') for path in CONFIGS}
     assert scopes <= set(BATCH_MAKERS) | {'mmdet3d'}, scopes
+
+
+def without_scopes(node):
+    """``node`` without the ``_scope_`` entries that mmengine adds to the configs it reads from a package."""
+    if isinstance(node, dict):
+        return {key: without_scopes(value) for key, value in node.items() if key != '_scope_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(without_scopes(value) for value in node)
+    return node
+
+
+def typed_dicts(node, scope: str | None = None, where: str = '') -> Iterator[tuple[str, str, str | None]]:
+    """``(where, type, scope)`` of every dict with a ``type``; the scope is the dict's ``_scope_`` or the one of
+    the nearest dict around it that has one (the default scope its build runs under)."""
+    if isinstance(node, dict):
+        scope = node.get('_scope_', scope)
+        if isinstance(node.get('type'), str):
+            yield where, node['type'], scope
+        for key, value in node.items():
+            yield from typed_dicts(value, scope, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from typed_dicts(value, scope, f'{where}[{index}]')
+
+
+def test_configs_read_the_same_through_the_package_scope(tmp_path):
+    """A user's config inherits a shipped one as ``effidense::<folder>/<name>.py`` (plugin/.mim/configs). mmengine
+    reads it as it reads the file and marks the typed dicts that config defines itself with ``_scope_='effidense'``;
+    no registry has that scope, so mmengine builds them from its root registries. Each must get there the class
+    the config's own default scope gives it: a task library's transform or dataset must name its scope
+    (``mmdet.Resize``: the root's ``Resize`` is mmcv's, which resizes no boxes)."""
+    roots = [registry for registry in vars(root_registries).values() if isinstance(registry, Registry)]
+    for path in CONFIGS:
+        name = path.relative_to(CONFIG_ROOT).as_posix()
+        assert (SHIPPED_CONFIG_ROOT / name).samefile(path), name
+        user = tmp_path / 'user.py'
+        user.write_text(f"_base_ = ['{CONFIG_SCOPE}::{name}']\n")
+        cfg = Config.fromfile(str(user))
+        assert without_scopes(cfg.to_dict()) == without_scopes(load_config(path).to_dict()), name
+        for where, type_name, scope in typed_dicts(cfg.to_dict()):
+            if scope != CONFIG_SCOPE:
+                continue
+            # The class each registry gives under the config's default scope, and from its root.
+            expected = {registry: (registry._search_child(cfg.default_scope) or registry).get(type_name)
+                        for registry in roots}
+            expected = {registry: cls for registry, cls in expected.items() if cls is not None}
+            assert expected, f'{name}: {where} {type_name!r} is in no registry of {cfg.default_scope}'
+            assert all(registry.get(type_name) is cls for registry, cls in expected.items()), \
+                f'{name}: {where} {type_name!r} builds another class from mmengine\'s root registry than from ' \
+                f'{cfg.default_scope}\'s: write {cfg.default_scope}.{type_name}'
 
 
 @pytest.mark.slow

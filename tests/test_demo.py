@@ -1,7 +1,9 @@
 """The demo end to end, shortened (--quick: tiny data, a few iterations): the tables, with the object coverage of
-both window scorers, and the pictures appear."""
+both window scorers, and the pictures appear; the terminal shows the steps and tables, the log file the rest."""
 import importlib.util
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -14,13 +16,34 @@ DEMO = Path(__file__).resolve().parents[1] / 'tools' / 'demo.py'
 WINDOWS_PER_STAGE = (64, 16, 4)
 
 
-@pytest.mark.slow
-def test_quick_demo_writes_tables_with_coverage_and_pictures(tmp_path, one_thread):
+@pytest.fixture(scope='module')
+def demo():
     spec = importlib.util.spec_from_file_location('demo', DEMO)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_demo_step_logs_what_the_libraries_print_and_names_itself_when_it_fails(demo, tmp_path, capsys):
+    log_path = tmp_path / 'demo.log'
+    with open(log_path, 'w') as log:
+        with demo.demo_step(2, 'training', log, sys.stdout):
+            print('a runner log line')
+            warnings.warn('a library warning', UserWarning)
+        with pytest.raises(RuntimeError, match='broken'), demo.demo_step(3, 'testing', log, sys.stdout):
+            raise RuntimeError('broken')
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ['[demo] 2/6 training', '[demo] 3/6 testing']
+    assert captured.err.splitlines() == [f'[demo] step 3/6 failed; what the libraries printed is in {log_path}']
+    logged = log_path.read_text()
+    assert 'a runner log line' in logged and 'UserWarning: a library warning' in logged
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one_thread, capsys):
     work_dir = tmp_path / 'demo'
     results = demo.main(['--quick', '--work-dir', str(work_dir), '--data-dir', str(tmp_path / 'data')])
+    terminal = capsys.readouterr()
 
     assert json.loads((work_dir / 'results.json').read_text()) == results
     assert results['wall_time_s'] > 0 and results['quick'] and results['seed'] == 0
@@ -54,3 +77,11 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(tmp_path, one_threa
     # one row per scorer of 3 stage panels and the predictions; image, ground truth and prediction side by side
     assert cv2.imread(str(work_dir / 'detection_windows_0.png')).shape[:2] == (912, 1536)
     assert cv2.imread(str(work_dir / 'segmentation_0.png')).shape[:2] == (468, 1152)
+
+    # The terminal: a line per step, the tables and where the files are; the runners' logs are in the log file.
+    steps = [line for line in terminal.out.splitlines() if line.startswith('[demo] ') and '/6 ' in line]
+    assert [line.split()[1] for line in steps] == [f'{step}/6' for step in range(1, 7)]
+    assert table in terminal.out and ' - mmengine - ' not in terminal.out + terminal.err
+    assert str(work_dir / 'demo.log') in terminal.out
+    assert 'adapt_l2 train: 100%' in terminal.err
+    assert ' - mmengine - INFO - Iter(train)' in (work_dir / 'demo.log').read_text()

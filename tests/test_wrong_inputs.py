@@ -84,11 +84,36 @@ def test_convert_checkpoint_refuses_weights_of_another_family(tmp_path, capsys):
     v2 = EfficientFormerV2(arch='s0')
     source = tmp_path / 'v2.pth'
     torch.save({'state_dict': OrderedDict(v2.state_dict())}, source)
-    status = load_tool('convert_checkpoint').main(['--model', 'efficientformer', str(source), str(tmp_path / 'x.pth')])
+    status = run_tool(load_tool('convert_checkpoint').main,
+                      ['--model', 'efficientformer', str(source), str(tmp_path / 'x.pth')])
     error = capsys.readouterr().err
-    assert status == 1 and not (tmp_path / 'x.pth').exists()
+    assert status == 2 and not (tmp_path / 'x.pth').exists()
     assert 'the converted weights fit no EfficientFormer architecture (l1, l3, l7): check --model' in error
     assert convert_efficientformerv2_keys(v2.state_dict()).keys() == v2.state_dict().keys()
+
+
+def test_every_tool_runs_through_run_tool():
+    """Every tool's entry point is ``sys.exit(run_tool(main))``: one error line and exit status 2 for a bad input."""
+    tools = sorted((REPO_ROOT / 'tools').glob('*.py'))
+    assert tools
+    for tool in tools:
+        assert "if __name__ == '__main__':\n    sys.exit(run_tool(main))\n" in tool.read_text(), tool.name
+
+
+@pytest.mark.parametrize('tool, argv, message', [
+    ('build_latency_lut', ['--config', 'no_such.py', '--input-size', '64', '64', '--out', 'lut.json'], 'no_such.py'),
+    ('slim', ['none', '--lut', 'no_such.json', '--budget-ms', '1', '--out', 'x.py'], 'no_such.json'),
+    ('make_demo_data', ['--out', 'demo', '--tasks', 'coco', '--num-val', '0'], 'val images'),
+    ('check_equivalence', ['--device', 'cuda'], 'no CUDA device'),
+], ids=['build_latency_lut', 'slim', 'make_demo_data', 'check_equivalence'])
+def test_tools_end_a_bad_input_with_one_error_line(tool, argv, message, tmp_path, capsys, monkeypatch):
+    if tool == 'check_equivalence' and torch.cuda.is_available():
+        pytest.skip('this machine has the CUDA device the bad input asks for')
+    monkeypatch.chdir(tmp_path)
+    assert run_tool(load_tool(tool).main, argv) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and ': error: ' in error and message in error, error
+    assert not list(tmp_path.iterdir())
 
 
 def test_benchmark_ratio_settings_name_the_paper_configurations():

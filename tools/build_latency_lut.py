@@ -13,6 +13,7 @@ thread count and the search space, which tools/slim.py reads.
 """
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from plugin.models.backbones.efficientformer_supernet import supernet_search_space
 from plugin.slimming import build_latency_lut
-from plugin.utils.cli import HelpFormatter
+from plugin.utils.cli import HelpFormatter, run_tool
 
 
 def stage_widths(text: str) -> list[int]:
@@ -72,4 +73,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

@@ -5,7 +5,7 @@
 
 The tests check the same on the CPU; this runs it where the fast paths differ (the
 memory-efficient attention kernel, CUDA graphs). fp32 with TF32 disabled, so that
-both models compute in full precision. Exits with 1 when a difference exceeds --atol.
+both models compute in full precision. Exits with 1 when a difference exceeds --atol, with 2 on a bad input.
 """
 import argparse
 import sys
@@ -15,7 +15,7 @@ import torch
 
 from plugin.models.backbones import SparseViTSwin
 from plugin.utils import capture_cuda_graph
-from plugin.utils.cli import HelpFormatter, image_size
+from plugin.utils.cli import HelpFormatter, image_size, run_tool
 from plugin.utils.references import mmdet_swin_transformer
 
 MIXED_RATIOS = [[0.3, 0.3], [0.2, 0.4], [0.1, 0.1, 0.5, 0.5, 0.6, 0.6], [0., 0.5]]
@@ -36,7 +36,7 @@ def graph_replay(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return list(static_out)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='where to compare (the GPU when there is one)')
@@ -44,7 +44,9 @@ def main() -> int:
                         help='input sizes')
     parser.add_argument('--batch', type=int, default=2, help='images per input')
     parser.add_argument('--atol', type=float, default=1e-5, help='largest difference accepted')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {args.device}, but torch sees no CUDA device here: use --device cpu')
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
@@ -78,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main))

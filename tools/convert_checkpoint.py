@@ -8,7 +8,7 @@ checkpoints. A classification checkpoint becomes backbone weights (heads
 dropped); in a detector/segmentor checkpoint only the ``backbone.`` entries are
 converted and the rest is kept, so the result also serves as ``load_from``.
 The converted weights must fit one architecture of the family (any bias mode),
-else nothing is written and the error says what does not fit.
+else nothing is written and the error (exit status 2) says what does not fit.
 The backbones convert on loading as well; this saves doing it every time.
 """
 import argparse
@@ -30,7 +30,7 @@ from plugin.models.utils.checkpoint import (
     read_checkpoint,
     select_prefix,
 )
-from plugin.utils.cli import HelpFormatter
+from plugin.utils.cli import HelpFormatter, run_tool
 
 FAMILIES = {'efficientformer': (EfficientFormer, V1_ARCHS), 'efficientformerv2': (EfficientFormerV2, V2_ARCHS)}
 
@@ -71,11 +71,11 @@ def fitting_architecture(backbone: StateDict, model: str, source: str) -> str:
                 failures.append((error.num_differences, described, error))
     _, described, nearest = min(failures, key=lambda failure: failure[0])
     raise CheckpointMismatchError(f'the converted weights fit no {backbone_class.__name__} architecture '
-                                  f'({", ".join(archs)}): check --model ({" or ".join(FAMILIES)}). The nearest '
-                                  f'is {described}:\n{nearest}')
+                                  f'({", ".join(archs)}): check --model ({" or ".join(FAMILIES)}). Nothing '
+                                  f'written. The nearest is {described}:\n{nearest}')
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--model', required=True, choices=sorted(KEY_CONVERTERS),
                         help='backbone family whose key layout to convert to')
@@ -87,17 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     converted = convert(source, args.model)
     backbone = select_prefix(converted, 'backbone.') if any(k.startswith('backbone.') for k in converted) \
         else converted
-    try:
-        arch = fitting_architecture(backbone, args.model, args.src)
-    except CheckpointMismatchError as error:
-        print(f'error: {error}\nnothing written', file=sys.stderr)
-        return 1
+    arch = fitting_architecture(backbone, args.model, args.src)
     torch.save({'state_dict': converted}, args.dst)
     print(f'{args.src}: {len(source)} entries -> {args.dst}: {len(converted)} entries '
           f'({len(source) - len(converted)} dropped: heads, classification norm, index buffers); '
           f'fits {backbone_class_name(args.model)}({arch})')
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_tool(main))

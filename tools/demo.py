@@ -13,17 +13,25 @@
 Every runner is seeded and runs torch's deterministic algorithms: the same seed gives the same table on
 the same machine with the same number of threads, the latencies aside.
 
+The terminal shows a line per step, a progress bar per training run and test, the tables, and where the
+pictures and logs are; what the libraries print (mmengine's runner logs among it) goes to --work-dir's
+demo.log, and each runner also writes its own mmengine log under its work dir (det/, seg/, adapt_*/).
+
     python tools/demo.py             # the full demo (`make demo`), under 20 minutes on 2 CPU cores
     python tools/demo.py --quick     # a smoke run on tiny data with a few iterations (the tests use it)
 """
 import argparse
+import contextlib
+import functools
 import json
 import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import matplotlib.pyplot as plt
 import mmcv
@@ -33,11 +41,13 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
+from tqdm import tqdm
 
 from plugin.demo_data import make_demo_data
 from plugin.models.utils.records import ForwardRecord, recording
 from plugin.utils import alternating_latency_ms, markdown_table, median_latency_ms
 from plugin.utils.cli import HelpFormatter, run_tool
+from plugin.utils.package_data import CONFIG_ROOT
 from plugin.visualization import (
     WindowPictureRow,
     draw_kept_window_rows,
@@ -46,7 +56,7 @@ from plugin.visualization import (
     prediction_picture,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs/demo'
+CONFIG_DIR = CONFIG_ROOT / 'demo'
 DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformerv2-s0_demo-shapes.py'
 SCORER_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py',
@@ -65,6 +75,9 @@ QUICK_DATA_COUNTS = dict(num_train=24, num_val=8)
 QUICK_ITERS = 4
 # Backbone latency is measured at the paper's detection size, where window sparsity pays.
 LATENCY_SIZE = (672, 672)
+NUM_STEPS = 6
+# The runners' work dirs under --work-dir, each with its mmengine log.
+RUN_DIRS = ('det', 'seg', *(f'adapt_{scorer.lower()}' for scorer in SCORER_CONFIGS))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -102,6 +115,8 @@ def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
         cfg.default_hooks.checkpoint.interval = QUICK_ITERS
         cfg.default_hooks.logger.interval = 2
         cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=QUICK_ITERS)]
+    # the log goes to a file (demo_step); a bar shows each training run and test on the terminal
+    cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='ProgressBarHook')]
     return cfg
 
 
@@ -224,43 +239,69 @@ def segmentation_pictures(runner: Runner, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _log_warning(log: TextIO, message, category, filename, lineno, file=None, line=None) -> None:
+    log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def demo_step(number: int, title: str, log: TextIO, terminal: TextIO) -> Iterator[None]:
+    """Step ``number`` as one line on ``terminal``; meanwhile what the libraries print (mmengine's runner logs,
+    pycocotools, warnings) goes to ``log``, and the progress bars to stderr. A failure says which step failed and
+    where its output is, then propagates."""
+    print(f'[demo] {number}/{NUM_STEPS} {title}', file=terminal, flush=True)
+    with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_log_warning, log)
+        try:
+            yield
+        except BaseException:
+            log.flush()
+            print(f'[demo] step {number}/{NUM_STEPS} failed; what the libraries printed is in {log.name}',
+                  file=sys.stderr, flush=True)
+            raise
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     work_dir = Path(args.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    terminal = sys.stdout
+    # Left open: the runners' loggers write to it for as long as they live.
+    log = open(work_dir / 'demo.log', 'w')
 
-    print('[demo] 1/6 writing the synthetic datasets to', args.data_dir)
-    make_demo_data(args.data_dir, seed=args.seed, image_size=IMAGE_SIZE, tasks=('coco', 'ade'),
-                   **(QUICK_DATA_COUNTS if args.quick else DATA_COUNTS))
+    with demo_step(1, f'writing the synthetic datasets to {args.data_dir}', log, terminal):
+        make_demo_data(args.data_dir, seed=args.seed, image_size=IMAGE_SIZE, tasks=('coco', 'ade'),
+                       progress=lambda items, desc: tqdm(items, desc=desc, unit='img'),
+                       **(QUICK_DATA_COUNTS if args.quick else DATA_COUNTS))
 
-    print('[demo] 2/6 Mask R-CNN + SparseViT-Swin: evaluate untrained, train dense, evaluate')
-    det_cfg = demo_config(DET_CONFIG, args, work_dir / 'det')
-    det_runner = Runner.from_cfg(det_cfg)
-    pruned_stages = len(det_runner.model.backbone.depths) - 1
-    detection = evaluate_at_ratios(det_runner, 'SparseViT-Swin, untrained', 'L2', UNADAPTED_RATIOS, with_latency=False)
-    det_runner.train()
-    detection += evaluate_at_ratios(det_runner, 'SparseViT-Swin, dense training', 'L2', UNADAPTED_RATIOS,
-                                with_latency=False)
-    dense_checkpoint = work_dir / 'det' / f'iter_{det_cfg.train_cfg.max_iters}.pth'
+    with demo_step(2, 'Mask R-CNN + SparseViT-Swin: evaluate untrained, train dense, evaluate', log, terminal):
+        det_cfg = demo_config(DET_CONFIG, args, work_dir / 'det')
+        det_runner = Runner.from_cfg(det_cfg)
+        pruned_stages = len(det_runner.model.backbone.depths) - 1
+        detection = evaluate_at_ratios(det_runner, 'SparseViT-Swin, untrained', 'L2', UNADAPTED_RATIOS,
+                                       with_latency=False)
+        det_runner.train()
+        detection += evaluate_at_ratios(det_runner, 'SparseViT-Swin, dense training', 'L2', UNADAPTED_RATIOS,
+                                        with_latency=False)
+        dense_checkpoint = work_dir / 'det' / f'iter_{det_cfg.train_cfg.max_iters}.pth'
 
-    print(f'[demo] 3/6 Semantic FPN + {SEG_MODEL}: evaluate untrained, train, evaluate')
-    seg_runner = Runner.from_cfg(demo_config(SEG_CONFIG, args, work_dir / 'seg'))
-    segmentation = [segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test())]
-    seg_runner.train()
-    segmentation.append(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test(),
-                                         backbone_latency(seg_runner.model.backbone)))
+    with demo_step(3, f'Semantic FPN + {SEG_MODEL}: evaluate untrained, train, evaluate', log, terminal):
+        seg_runner = Runner.from_cfg(demo_config(SEG_CONFIG, args, work_dir / 'seg'))
+        segmentation = [segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test())]
+        seg_runner.train()
+        segmentation.append(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test(),
+                                             backbone_latency(seg_runner.model.backbone)))
 
     adapted = {}
     for step, scorer in enumerate(SCORER_CONFIGS, start=4):
-        print(f'[demo] {step}/6 sparsity-aware adaptation with the {scorer} window scorer, then evaluation at '
-              f'pruning ratios {EVAL_RATIOS}')
-        runner, cfg, rows = adapt_and_evaluate(scorer, args, work_dir, dense_checkpoint)
-        adapted[scorer] = (runner, cfg)
-        detection += rows
+        with demo_step(step, f'sparsity-aware adaptation with the {scorer} window scorer, then evaluation at '
+                             f'pruning ratios {EVAL_RATIOS}', log, terminal):
+            runner, cfg, rows = adapt_and_evaluate(scorer, args, work_dir, dense_checkpoint)
+            adapted[scorer] = (runner, cfg)
+            detection += rows
 
-    print('[demo] 6/6 pictures and tables')
-    pictures = detection_pictures(adapted, work_dir) + segmentation_pictures(seg_runner, work_dir)
+    with demo_step(6, 'pictures and tables', log, terminal):
+        pictures = detection_pictures(adapted, work_dir) + segmentation_pictures(seg_runner, work_dir)
     # the data loader workers are children, counted once they have ended
     cpu_time = sum(usage.ru_utime + usage.ru_stime
                    for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
@@ -277,8 +318,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f'{results["load_average"][1]:.2f} at the end.\n')
     (work_dir / 'results.md').write_text(tables)
     (work_dir / 'results.json').write_text(json.dumps(results, indent=1))
+    log.flush()
     print(tables)
+    print('[demo] tables:', work_dir / 'results.md', work_dir / 'results.json', sep='\n  ')
     print('[demo] pictures:', *map(str, pictures), sep='\n  ')
+    print('[demo] logs: what the libraries printed, and each run\'s mmengine log (<step>/<timestamp>/*.log):',
+          log.name, *(str(work_dir / step) for step in RUN_DIRS), sep='\n  ')
     return results
 
 

@@ -11,6 +11,7 @@ then built and timed on this device, and predicted and measured latency printed.
 """
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,7 @@ from plugin.models.backbones import EfficientFormerSupernet
 from plugin.models.utils.checkpoint import backbone_state_dict, load_checked, read_checkpoint
 from plugin.slimming import measure_config_latency, predict_latency, slim, write_config
 from plugin.slimming.greedy import SubNetwork
-from plugin.utils.cli import HelpFormatter
+from plugin.utils.cli import HelpFormatter, run_tool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,4 +70,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_tool(main))

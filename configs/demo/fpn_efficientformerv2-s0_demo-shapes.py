@@ -14,18 +14,20 @@ model = dict(
     neck=dict(in_channels=[32, 48, 96, 176], out_channels=64),
     decode_head=dict(in_channels=[64, 64, 64, 64], channels=64, num_classes=5))
 
+# Transforms and datasets of a task library carry its scope ('mmseg.'), so that they build the same when
+# another config inherits this one as effidense::demo/... (plugin/utils/package_data.py).
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=False),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
+    dict(type='mmseg.LoadAnnotations', reduce_zero_label=False),
+    dict(type='mmseg.RandomFlip', prob=0.5),
+    dict(type='mmseg.PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=False),
-    dict(type='PackSegInputs'),
+    dict(type='mmseg.LoadAnnotations', reduce_zero_label=False),
+    dict(type='mmseg.PackSegInputs'),
 ]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=False,
+dataset = dict(type='mmseg.BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=False,
                img_suffix='.jpg', seg_map_suffix='.png')
 train_dataloader = dict(
     batch_size=8, num_workers=1, persistent_workers=False,

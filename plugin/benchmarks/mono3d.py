@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..utils import count_macs, median_latency_ms
+from ..utils.package_data import CONFIG_ROOT
 
-# The repository's configs, next to the package in a clone (the configs are not installed with it).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'mono3d'
+CONFIG_DIR = CONFIG_ROOT / 'mono3d'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,9 @@ left out), the speedup over one process, and whether the search log equals one p
     python tools/benchmark.py search --checkpoint work_dirs/demo/adapt_l2/iter_200.pth   # after `make demo`
 
 Without --checkpoint the detector has its initial weights (the demo's adapted checkpoint is used when
-present): an untrained detector keeps up to 100 low-scoring boxes per image, so it is slower to score.
+present under the current folder, where `make demo` writes it): an untrained detector keeps up to 100
+low-scoring boxes per image, so it is slower to score. The config and the search tool are the ones the
+package ships (plugin/.mim/).
 """
 import argparse
 import os
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-# The repository's configs and tools, next to the package in a clone (they are not installed with it).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = REPO_ROOT / 'configs' / 'demo' / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py'
-SEARCH_TOOL = REPO_ROOT / 'tools' / 'search_sparsity.py'
-DEMO_CHECKPOINT = REPO_ROOT / 'work_dirs' / 'demo' / 'adapt_l2' / 'iter_200.pth'
+from ..utils.package_data import config_path, tool_path
+
+CONFIG = config_path('demo/mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py')
+SEARCH_TOOL = tool_path('search_sparsity.py')
+DEMO_CHECKPOINT = Path('work_dirs/demo/adapt_l2/iter_200.pth')
 TIMING = re.compile(r'Evaluated (\d+) candidates in ([\d.]+) s')
 
 
@@ -37,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--nprocs', type=int, nargs='+', default=[2],
                         help='process counts run under torchrun, after one plain process')
     parser.add_argument('--checkpoint', default=None,
-                        help=f'the detector\'s weights (default: {DEMO_CHECKPOINT.relative_to(REPO_ROOT)} when '
-                             f'present, else its initial weights)')
+                        help=f'the detector\'s weights (default: {DEMO_CHECKPOINT} when present, else its '
+                             f'initial weights)')
     parser.add_argument('--data-dir', default='data/demo', help='the demo data (written there when missing)')
     parser.add_argument('--num-val-images', type=int, default=50, help='validation images per candidate')
     parser.add_argument('--population', type=int, default=8)

@@ -55,13 +55,14 @@ USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, pickle.Unpick
 
 def run_tool(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a tool's ``main(argv)``; a bad input ends it with ``error: <message>`` and exit status 2, as
-    argparse does (``EFFIDENSE_TRACEBACK=1`` shows the traceback instead)."""
+    argparse does (``EFFIDENSE_TRACEBACK=1`` shows the traceback instead). The exit status is otherwise 0, or
+    the int ``main`` returns (a check that found a difference: tools/check_equivalence.py returns 1)."""
     try:
-        main(argv)
+        result = main(argv)
     except USER_ERRORS as error:
         if os.environ.get('EFFIDENSE_TRACEBACK'):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f'{Path(sys.argv[0]).name}: error: {message}', file=sys.stderr)
         return 2
-    return 0
+    return result if type(result) is int else 0

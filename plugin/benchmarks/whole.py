@@ -26,7 +26,6 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +33,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..utils import count_macs_per_module
+from ..utils.package_data import config_path
 
-# Where this repository's configs are, next to the package in a clone.
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 PARTS = ('preprocess', 'backbone', 'neck', 'heads')
 
 
@@ -136,7 +134,7 @@ def build_model(spec: WholeModel, reference: nn.Module | None, detections: int |
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
-    cfg = Config.fromfile(str(CONFIG_ROOT / spec.config))
+    cfg = Config.fromfile(str(config_path(spec.config)))
     init_default_scope(cfg.default_scope)
     cfg.model.backbone.update(init_cfg=None, **spec.backbone)
     if 'convert_weights' in cfg.model.backbone:

@@ -28,8 +28,10 @@ resize, normalisation, class names and a fingerprint of its model settings. A de
 checked by its detections against mmdet's ``predict`` (not by feature maps): on a random
 image filling --shape and on a smaller one padded to it, per image the counts, the
 matched detections (same label, box IoU > 0.5), the worst matched box IoU (>= 0.99),
-score difference (<= 1e-3) and pasted-mask IoU (>= 0.98); unmatched detections are
-accepted only as near ties (scores within 1e-3, which random weights give). Whole
+score difference (<= 1e-3) and pasted-mask IoU (>= 0.98). Float error between the
+runtimes decides only ties, which random weights make common: unmatched detections are
+accepted only as near ties (scores within 1e-3), and mask pixels whose probability lies
+within 0.01 of the threshold are left out of the mask IoU that must hold. Whole
 detectors export to ONNX only, at a static size (a multiple of the preprocessor's
 pad_size_divisor), batch --batch. See docs/deploy.md.
 """

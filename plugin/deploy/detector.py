@@ -11,8 +11,8 @@ masks) on a batch of fixed size:
   ``-inf`` was not computed (a sparse head skipped it): it never reaches NMS and never becomes a proposal;
 - multi-level RoIAlign as ``SingleRoIExtractor`` (``map_roi_levels`` with ``finest_scale``) through
   ``torchvision.ops.roi_align``, which torch.onnx writes as ONNX ``RoiAlign``;
-- the bbox head with class-specific decoding, ``score_thr`` and mmdet's ``multiclass_nms`` (class offsets, one NMS,
-  the best ``max_per_img``), through ``torchvision.ops.nms`` (ONNX ``NonMaxSuppression``);
+- the bbox head with class-specific decoding, ``score_thr`` and mmdet's ``multiclass_nms`` (mmcv's class offsets,
+  the best ``max_per_img``), with one ``torchvision.ops.nms`` (ONNX ``NonMaxSuppression``) per class;
 - the mask head on a fixed number of detections (zero-score rows pad it), the sigmoid mask of each detection's label.
 
 Outputs (``runner.OUTPUT_NAMES``): boxes ``(B, D, 4)`` in the resized image's pixels, scores ``(B, D)`` (highest
@@ -42,6 +42,7 @@ from .runner import (
     PreparedImage,
     detection_test_pipeline,
     model_fingerprint,
+    paste_masks,
     resize_settings,
 )
 
@@ -155,22 +156,25 @@ def decode_deltas(coder: nn.Module, priors: torch.Tensor, deltas: torch.Tensor,
     return boxes
 
 
-def batched_nms_kept(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, candidates: torch.Tensor,
-                     iou_threshold: float, class_agnostic: bool = False) -> torch.Tensor:
+def batched_nms_kept(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                     candidates: torch.Tensor, iou_threshold: float, class_agnostic: bool = False) -> torch.Tensor:
     """Which of ``boxes`` mmcv's ``batched_nms`` keeps among the ``candidates`` (a bool mask), as a bool mask.
 
-    Boxes of different groups are shifted apart by mmcv's offset, group x (largest candidate coordinate + 1),
-    and go through one NMS (``torchvision.ops.nms``, bitwise equal to mmcv's on the CPU), as mmcv does below its
-    ``split_thr`` of 10000 boxes; above it mmcv runs the same offset boxes group by group, which keeps the same
-    boxes, since shifted groups never overlap.
+    ``groups`` (in ``[0, num_groups)``) are the levels or classes that NMS keeps apart. As mmcv, the boxes of a
+    group are shifted by group x (largest candidate coordinate + 1), and IoUs are those of the shifted boxes; one
+    NMS (``torchvision.ops.nms``, bitwise equal to mmcv's on the CPU; ONNX ``NonMaxSuppression``) runs per group,
+    as mmcv does above its ``split_thr`` of 10000 boxes and with the same result below it, where it runs one NMS
+    over all shifted boxes (shifted groups never overlap). One NMS over the 80k boxes of 1000 RoIs x 80 classes
+    takes seconds: NMS is quadratic in its boxes.
     """
-    if not class_agnostic:
-        largest = torch.where(candidates[:, None], boxes, boxes.new_tensor(float('-inf'))).max()
-        boxes = boxes + (groups.to(boxes) * (largest + 1))[:, None]
-    index = candidates.nonzero().squeeze(1)
-    keep = torchvision.ops.nms(boxes[index], scores[index], iou_threshold)
+    if class_agnostic:
+        groups, num_groups = torch.zeros_like(groups), 1
+    largest = torch.where(candidates[:, None], boxes, boxes.new_tensor(float('-inf'))).max()
+    shifted = boxes + (groups.to(boxes) * (largest + 1))[:, None]
     kept = torch.zeros_like(candidates)
-    kept[index[keep]] = True
+    for group in range(num_groups):
+        index = (candidates & (groups == group)).nonzero().squeeze(1)
+        kept[index[torchvision.ops.nms(shifted[index], scores[index], iou_threshold)]] = True
     return kept
 
 
@@ -273,7 +277,7 @@ class MaskRCNNDetections(nn.Module):
         min_size = cfg.get('min_bbox_size', -1)
         if min_size >= 0:
             candidates = candidates & (boxes[:, 2] - boxes[:, 0] > min_size) & (boxes[:, 3] - boxes[:, 1] > min_size)
-        kept = batched_nms_kept(boxes, scores, torch.cat(levels), candidates, cfg.nms.iou_threshold,
+        kept = batched_nms_kept(boxes, scores, torch.cat(levels), len(levels), candidates, cfg.nms.iou_threshold,
                                 cfg.nms.get('class_agnostic', False))
         index, valid = best_kept(kept, scores, cfg.max_per_img)
         return torch.where(valid[:, None], boxes[index], 0.0), valid
@@ -294,7 +298,7 @@ class MaskRCNNDetections(nn.Module):
                                   bbox_pred.reshape(-1, 4), image_shape)
         labels = torch.arange(num_classes, device=scores.device).repeat(num_rois)
         candidates = (scores > cfg.score_thr) & proposal_valid.repeat_interleave(num_classes)
-        kept = batched_nms_kept(boxes, scores, labels, candidates, cfg.nms.iou_threshold,
+        kept = batched_nms_kept(boxes, scores, labels, num_classes, candidates, cfg.nms.iou_threshold,
                                 cfg.nms.get('class_agnostic', False))
         index, valid = best_kept(kept, scores, cfg.max_per_img)
         return (torch.where(valid[:, None], boxes[index], 0.0), torch.where(valid, scores[index], 0.0),
@@ -418,10 +422,12 @@ class DetectionParity:
     """Detections of an exported model matched to mmdet's for one image.
 
     Pairs have the same label and a box IoU > 0.5 (greedy, highest reference score first); the worst pair's box
-    IoU, score difference and mask IoU are kept. ``near_ties`` counts unmatched detections whose score lies within
+    IoU, score difference and mask IoU are kept. Two runtimes differ by float error, so where results tie they can
+    differ without either being wrong: ``near_ties`` counts unmatched detections whose score lies within
     ``PARITY['score_atol']`` of an unmatched detection of the same label on the other side, or of the other side's
-    cut-off (its lowest score when it holds the maximum number of detections, else ``score_thr``): detections that
-    float error between the runtimes can reorder, where scores tie (e.g. random weights, which score alike).
+    cut-off (its lowest score when it holds the maximum number of detections, else ``score_thr``), and
+    ``min_decisive_mask_iou`` is the worst mask IoU over the pixels whose exported mask probability lies more than
+    ``MASK_MARGIN`` from the threshold (random weights give masks of probability ~0.5 everywhere, and scores alike).
     """
     reference_count: int
     count: int
@@ -430,26 +436,48 @@ class DetectionParity:
     min_box_iou: float
     max_score_diff: float
     min_mask_iou: float
+    min_decisive_mask_iou: float
 
-    def _pairs_hold(self) -> bool:
-        return (self.min_box_iou >= PARITY['box_iou'] and self.max_score_diff <= PARITY['score_atol']
-                and self.min_mask_iou >= PARITY['mask_iou'])
+    def _boxes_and_scores_hold(self) -> bool:
+        return self.min_box_iou >= PARITY['box_iou'] and self.max_score_diff <= PARITY['score_atol']
 
     @property
     def holds(self) -> bool:
         """Same count, every detection matched, each pair within :data:`PARITY`."""
-        return self.count == self.reference_count == self.matched and self._pairs_hold()
+        return (self.count == self.reference_count == self.matched and self._boxes_and_scores_hold()
+                and self.min_mask_iou >= PARITY['mask_iou'])
 
     @property
     def holds_up_to_ties(self) -> bool:
-        """Every pair within :data:`PARITY`, and every unmatched detection a near tie."""
+        """Every unmatched detection a near tie, and each pair within :data:`PARITY` (masks over decisive pixels)."""
         unmatched = self.count + self.reference_count - 2 * self.matched
-        return self.near_ties == unmatched and self._pairs_hold()
+        return (self.near_ties == unmatched and self._boxes_and_scores_hold()
+                and self.min_decisive_mask_iou >= PARITY['mask_iou'])
 
     def row(self) -> dict[str, object]:
         return {'detections (PyTorch)': self.reference_count, 'detections (ONNX)': self.count,
                 'matched': self.matched, 'near ties': self.near_ties, 'min box IoU': self.min_box_iou,
-                'max score diff': self.max_score_diff, 'min mask IoU': self.min_mask_iou}
+                'max score diff': self.max_score_diff, 'min mask IoU': self.min_mask_iou,
+                f'min mask IoU (p beyond {MASK_MARGIN:g} of threshold)': self.min_decisive_mask_iou}
+
+
+# Mask probabilities within this of the threshold are not decisive (see DetectionParity).
+MASK_MARGIN = 0.01
+
+
+def _mask_ious(reference: np.ndarray, detections: Detections, index: int) -> tuple[float, float]:
+    """The mask IoU of a matched pair, and its IoU over the pixels whose exported probability is decisive."""
+    mask = detections.masks[index]
+    union = np.logical_or(reference, mask).sum()
+    iou = float(np.logical_and(reference, mask).sum() / union) if union else 1.0
+    if detections.mask_probabilities is None:
+        return iou, iou
+    box = detections.bboxes[index:index + 1]
+    low, high = (paste_masks(detections.mask_probabilities[index:index + 1], box, *detections.ori_shape,
+                             detections.mask_threshold + offset)[0] for offset in (-MASK_MARGIN, MASK_MARGIN))
+    decisive = low == high
+    union = np.logical_or(reference, high)[decisive].sum()
+    return iou, float(np.logical_and(reference, high)[decisive].sum() / union) if union else 1.0
 
 
 def compare_detections(detections: Detections, reference: Any, score_thr: float = 0.0,
@@ -462,7 +490,7 @@ def compare_detections(detections: Detections, reference: Any, score_thr: float 
     ref_masks = reference.masks.cpu().numpy()
     ious = _box_iou(ref_boxes, detections.bboxes)
     pairs: dict[int, int] = {}
-    box_ious, score_diffs, mask_ious = [], [], []
+    box_ious, score_diffs, mask_ious, decisive_ious = [], [], [], []
     for ref in np.argsort(-ref_scores, kind='stable'):
         options = [(ious[ref, j], j) for j in range(len(detections.bboxes))
                    if j not in pairs.values() and detections.labels[j] == ref_labels[ref] and ious[ref, j] > 0.5]
@@ -472,9 +500,9 @@ def compare_detections(detections: Detections, reference: Any, score_thr: float 
         pairs[int(ref)] = match
         box_ious.append(float(iou))
         score_diffs.append(abs(float(detections.scores[match]) - float(ref_scores[ref])))
-        inter = np.logical_and(ref_masks[ref], detections.masks[match]).sum()
-        union = np.logical_or(ref_masks[ref], detections.masks[match]).sum()
-        mask_ious.append(float(inter / union) if union else 1.0)
+        mask_iou, decisive_iou = _mask_ious(ref_masks[ref], detections, match)
+        mask_ious.append(mask_iou)
+        decisive_ious.append(decisive_iou)
 
     def cut_off(scores: np.ndarray) -> float:
         full = max_detections is not None and len(scores) >= max_detections
@@ -489,5 +517,6 @@ def compare_detections(detections: Detections, reference: Any, score_thr: float 
     near_ties += sum(
         any(ref_labels[r] == detections.labels[j] and abs(ref_scores[r] - detections.scores[j]) <= atol
             for r in unmatched_refs) or abs(detections.scores[j] - cut_off(ref_scores)) <= atol for j in unmatched)
-    return DetectionParity(len(ref_boxes), len(detections.bboxes), len(pairs), near_ties,
-                           min(box_ious, default=1.0), max(score_diffs, default=0.0), min(mask_ious, default=1.0))
+    return DetectionParity(len(ref_boxes), len(detections.bboxes), len(pairs), int(near_ties),
+                           min(box_ious, default=1.0), max(score_diffs, default=0.0), min(mask_ious, default=1.0),
+                           min(decisive_ious, default=1.0))

@@ -146,7 +146,8 @@ class Detections:
     """One image's detections in its original pixels, as mmdet's ``predict`` returns them (rescaled).
 
     bboxes ``(N, 4)`` float32 x1, y1, x2, y2; scores ``(N,)`` float32, highest first; labels ``(N,)`` int64;
-    masks ``(N, H, W)`` bool at the original size (mask probability >= the file's threshold).
+    masks ``(N, H, W)`` bool at the original size (mask probability >= ``mask_threshold``);
+    mask_probabilities ``(N, h, w)`` float32, each detection's mask at the mask head's resolution (in its box).
     """
     bboxes: np.ndarray
     scores: np.ndarray
@@ -156,6 +157,8 @@ class Detections:
     img_shape: tuple[int, int]
     scale_factor: tuple[float, float]
     img_path: str | None = None
+    mask_probabilities: np.ndarray | None = None
+    mask_threshold: float = 0.5
 
     def to_data_sample(self, metainfo: Mapping[str, Any] | None = None):
         """An mmdet ``DetDataSample`` with these ``pred_instances`` (torch tensors, as mmdet's ``predict`` gives
@@ -355,7 +358,8 @@ class OnnxDetector:
         bboxes = boxes[:count] / np.asarray([w_scale, h_scale, w_scale, h_scale], dtype=np.float32)
         pasted = paste_masks(masks[:count], bboxes, *item.ori_shape, self.settings.mask_threshold)
         return Detections(bboxes.astype(np.float32), scores[:count].copy(), labels[:count].astype(np.int64),
-                          pasted, item.ori_shape, item.img_shape, item.scale_factor, item.img_path)
+                          pasted, item.ori_shape, item.img_shape, item.scale_factor, item.img_path,
+                          masks[:count].copy(), self.settings.mask_threshold)
 
     def detect(self, images: ImageInput | Sequence[ImageInput], channel_order: str = 'bgr') -> list[Detections]:
         """Detections of one image or a list of them (HxWx3 uint8 arrays in ``channel_order`` or image paths)."""

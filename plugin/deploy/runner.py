@@ -7,9 +7,10 @@ the size of the resized image in it; here the config's test pipeline is applied 
 resize as mmcv's ``Resize``, mmdet's ``DetDataPreprocessor`` normalisation and zero padding), and the fixed-size
 detections are rescaled to the original image and their masks pasted as mmdet's ``FCNMaskHead`` does.
 
-The file carries what the runner needs in its ONNX metadata (key ``effidense.detector``, JSON): the input size and
-batch, the test pipeline's resize, the preprocessor's mean/std/channel order, the class names and palette, the
-detection and mask settings, the config's name and a fingerprint of its ``model`` settings.
+The file carries what the runner needs in its ONNX metadata (key ``effidense.detector``, JSON): the test pipeline's
+resize, the preprocessor's mean/std/channel flip/pad value, the class names and palette, the mask threshold, the
+config's name, a fingerprint of its ``model`` settings and the export's overrides. The input size, the batch and
+the number of detections are the graph's static shapes.
 """
 import dataclasses
 import hashlib

@@ -241,8 +241,6 @@ def test_export_tool_exports_and_checks_one_config_per_family(run, tmp_path, cap
      'SparseViTSwin exports at static sizes only'),
     ('configs/dynamicvit/mask-rcnn_dynamicvit-deit-s-r0.7_fpn_1x_coco.py', f'model = dict({TINY_DYNAMIC_VIT})',
      ['--dynamic'], 'DynamicViT exports at static sizes only'),
-    ('configs/demo/mask-rcnn_sparsevit-swin-mini_demo-shapes.py', '', ['--whole-model'],
-     '--whole-model exports mmseg EncoderDecoder segmentors (backbone, neck, decode head), got MaskRCNN'),
     ('configs/efficientformer/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py', TINY_EFFICIENTFORMER_CONFIG,
      ['--pruning-ratios', '0.5'], '--pruning-ratios needs a window-sparse backbone'),
 ])

@@ -1,5 +1,5 @@
 """Exporting a backbone (optionally with its neck, or a whole segmentor) to ONNX or torch.export, and running
-the exported file.
+the exported file (whole Mask R-CNN detectors: ``plugin.deploy.detector`` and ``plugin.deploy.runner``).
 
 Both formats start from one ``torch.export`` trace in inference mode (eval, no gradient);
 ``torch.onnx.export`` translates that program to ONNX (its default, dynamo-based exporter).
@@ -9,6 +9,7 @@ SparseViT's window ranking (a ``TopK`` over the per-window scores) stays data-de
 """
 import contextlib
 import io
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..models.backbones import DynamicViT, EfficientFormer, EfficientFormerSupernet, EfficientFormerV2, SparseViTSwin
+from .runner import onnxruntime_session as runner_session
 
 FORMATS = ('onnx', 'torch-export')
 SUFFIXES = {'onnx': '.onnx', 'torch-export': '.pt2'}
@@ -60,7 +62,7 @@ class SegmentorLogits(nn.Module):
         return (self.segmentor(image, mode='tensor'), )
 
 
-def _check_backbone(model: nn.Module) -> None:
+def check_backbone(model: nn.Module) -> None:
     backbone = getattr(model, 'backbone', None)
     if isinstance(backbone, EfficientFormerSupernet):
         raise TypeError('EfficientFormerSupernet is a training-time supernet: slim it first (tools/slim.py) and '
@@ -73,7 +75,7 @@ def _check_backbone(model: nn.Module) -> None:
 
 def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtractor:
     """The backbone (and with ``with_neck`` the neck) of an mmdet/mmseg/mmdet3d model, in eval mode."""
-    _check_backbone(model)
+    check_backbone(model)
     neck = None
     if with_neck:
         neck = getattr(model, 'neck', None)
@@ -83,17 +85,13 @@ def feature_extractor(model: nn.Module, with_neck: bool = False) -> FeatureExtra
 
 
 def segmentor_logits(model: nn.Module) -> SegmentorLogits:
-    """The whole network of an mmseg ``EncoderDecoder`` (see :class:`SegmentorLogits`), in eval mode.
-
-    Detectors are refused: mmdet's Mask R-CNN turns RPN scores into a data-dependent number of proposals
-    (NMS) and crops them with mmcv's RoIAlign, in Python loops over images and data samples.
-    """
+    """The whole network of an mmseg ``EncoderDecoder`` (see :class:`SegmentorLogits`), in eval mode (a whole
+    Mask R-CNN: :class:`plugin.deploy.detector.MaskRCNNDetections`)."""
     from mmseg.models.segmentors import EncoderDecoder
     if not isinstance(model, EncoderDecoder):
-        raise TypeError(f'--whole-model exports mmseg EncoderDecoder segmentors (backbone, neck, decode head), got '
-                        f'{type(model).__name__}: a detector\'s post-processing (proposal NMS, RoIAlign, per-image '
-                        f'data samples) does not export; export the backbone, optionally --with-neck')
-    _check_backbone(model)
+        raise TypeError(f'segmentor_logits takes an mmseg EncoderDecoder (backbone, neck, decode head), got '
+                        f'{type(model).__name__}')
+    check_backbone(model)
     return SegmentorLogits(model).eval()
 
 
@@ -128,29 +126,40 @@ def _exporter_message(error: Exception) -> str:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """torch.onnx prints its progress to stdout and torch.export warns about every traced attribute."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        yield
+    """torch.onnx prints its progress to stdout, torch.export warns about every traced attribute, and onnx_ir
+    logs a warning for each empty list attribute (a whole detector has some; ONNX reads them as the INTS they are)."""
+    onnx_ir_logger = logging.getLogger('onnx_ir')
+    level = onnx_ir_logger.level
+    onnx_ir_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        onnx_ir_logger.setLevel(level)
 
 
-def trace(extractor: FeatureExtractor | SegmentorLogits, example: torch.Tensor,
+def trace(extractor: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
           dynamic_size: bool = False) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``extractor`` on ``example`` in inference mode; ``dynamic_size`` lets height
-    and width vary (the program then checks at run time the conditions its trace assumed)."""
+    """``torch.export.export`` of ``extractor`` (a module with a ``backbone``: :class:`FeatureExtractor`,
+    :class:`SegmentorLogits`, ``detector.MaskRCNNDetections``) on ``example`` (its one input, or a tuple of its
+    inputs) in inference mode; ``dynamic_size`` lets height and width of a single image input vary (the program
+    then checks at run time the conditions its trace assumed)."""
     extractor.eval()
+    inputs = example if isinstance(example, tuple) else (example, )
     static_only = next((reason for cls, reason in STATIC_SIZE_ONLY.items() if isinstance(extractor.backbone, cls)),
                        None)
     if dynamic_size and static_only:
         raise ValueError(f'{type(extractor.backbone).__name__} exports at static sizes only ({static_only}, which '
                          f'torch.export would fix to the export size): export one file per input size')
     shapes = dynamic_size_shapes() if dynamic_size else None
-    if dynamic_size and not all(DYNAMIC_SIDE_RANGE[0] <= side <= DYNAMIC_SIDE_RANGE[1] for side in example.shape[2:]):
-        raise ValueError(f'a dynamic-size export takes sides in {list(DYNAMIC_SIDE_RANGE)}, and so must the example '
-                         f'input; got {tuple(example.shape[2:])}')
+    if dynamic_size and (len(inputs) != 1 or not all(DYNAMIC_SIDE_RANGE[0] <= side <= DYNAMIC_SIDE_RANGE[1]
+                                                     for side in inputs[0].shape[2:])):
+        raise ValueError(f'a dynamic-size export takes one image input with sides in {list(DYNAMIC_SIDE_RANGE)}, '
+                         f'and so must the example; got {[tuple(x.shape) for x in inputs]}')
     try:
         with torch.no_grad(), _quiet_exporter():
-            return torch.export.export(extractor, (example,), dynamic_shapes=shapes)
+            return torch.export.export(extractor, inputs, dynamic_shapes=shapes)
     except Exception as error:  # any exporter failure becomes one message
         name = type(extractor.backbone).__name__
         hint = ('; the traced model depends on the input size in Python: export at a static size, one file per '
@@ -171,41 +180,36 @@ def check_any_size(program: torch.export.ExportedProgram, image: torch.Tensor) -
                           f'one file per size') from error
 
 
-def save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> Path:
-    """Write ``program`` as ``fmt`` (``'onnx'``: translated by torch.onnx; ``'torch-export'``: a .pt2 archive)."""
+def save(program: torch.export.ExportedProgram, fmt: str, path: Path, output_names: Sequence[str] | None = None,
+         metadata: dict[str, str] | None = None) -> Path:
+    """Write ``program`` as ``fmt`` (``'onnx'``: translated by torch.onnx, outputs named ``output_names`` (default
+    feature0, feature1, ...), with ``metadata`` as the model's metadata properties; ``'torch-export'``: a .pt2
+    archive, which holds no metadata)."""
     if fmt not in FORMATS:
         raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == 'torch-export':
+        if metadata:
+            raise ValueError('a torch.export archive holds no metadata: write metadata with the onnx format')
         torch.export.save(program, path)
         return path
     num_outputs = len(program.graph_signature.user_outputs)
+    names = list(output_names) if output_names is not None else [f'feature{i}' for i in range(num_outputs)]
     try:
         with _quiet_exporter():
-            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False,
-                                             output_names=[f'feature{i}' for i in range(num_outputs)])
+            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False, output_names=names)
     except Exception as error:  # any exporter failure becomes one message
         raise ExportError(f'torch.onnx could not translate the program: {_exporter_message(error)}') from error
+    onnx_program.model.metadata_props.update(metadata or {})
     onnx_program.save(str(path))
     return path
 
 
 def onnxruntime_session(path: Path, threads: int | None = None, spinning: bool = True):
-    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count).
-
-    ``spinning=False`` stops its idle worker threads from busy-waiting after a run, which would take the
-    cores from whatever runs next (a benchmark alternating runtimes).
-    """
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
-    # One operator at a time, as PyTorch eager runs them, so that both use the same threads.
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count); see
+    :func:`plugin.deploy.runner.onnxruntime_session`."""
+    return runner_session(path, threads or torch.get_num_threads(), spinning)
 
 
 def load_runner(path: Path, fmt: str, threads: int | None = None, spinning: bool = True) -> Runner:

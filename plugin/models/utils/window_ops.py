@@ -102,8 +102,16 @@ def window_l2_scores(token_activity: torch.Tensor, token_index: torch.Tensor) ->
 
 
 def windows_by_score(scores: torch.Tensor) -> torch.Tensor:
-    """``(B, nW)`` window indices per image, highest score first (a block keeps a prefix)."""
-    return scores.topk(scores.shape[1], dim=1).indices
+    """``(B, nW)`` window indices per image, highest score first (a block keeps a prefix).
+
+    Equal scores rank by window index: windows of an image's zero padding score exactly alike, and ``topk``'s
+    order of ties is its kernel's, so an exported model would keep other padding windows than PyTorch. Eager
+    ranking is a stable sort; an export keeps ``topk``, which ONNX writes as ``TopK`` (ties by index, as the ONNX
+    operator specifies; torch.onnx has no translation of a stable sort).
+    """
+    if is_exporting():
+        return scores.topk(scores.shape[1], dim=1).indices
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
 def batched_token_positions(window_tokens: torch.Tensor, tokens_per_image: int) -> torch.Tensor:

@@ -46,22 +46,17 @@ import torch
 from mmengine.config import Config
 
 from plugin.deploy import (
-    METADATA_KEY,
-    OUTPUT_NAMES,
     PARITY,
     SUFFIXES,
     ExportError,
-    MaskRCNNDetections,
     OnnxDetector,
     check_any_size,
     compare_detections,
     compare_with_pytorch,
-    detector_settings,
-    example_inputs,
+    export_mask_rcnn,
     feature_extractor,
     load_runner,
     mmdet_predict,
-    random_check_inputs,
     save,
     segmentor_logits,
     trace,
@@ -126,7 +121,6 @@ def is_segmentor(model: torch.nn.Module) -> bool:
 
 def export_detector(args: argparse.Namespace, cfg: Config, model: torch.nn.Module) -> list[dict]:
     """--whole-model of a detector: export, then compare the file's detections with mmdet's predict."""
-    module = MaskRCNNDetections(model)
     if args.format != 'onnx':
         raise ValueError('--whole-model exports a detector to ONNX only (the file carries the metadata its runner '
                          'reads): use --format onnx')
@@ -134,13 +128,11 @@ def export_detector(args: argparse.Namespace, cfg: Config, model: torch.nn.Modul
         raise ValueError('a whole detector exports at a static size (its anchors and per-level top-k counts follow '
                          'from it) and is checked at --shape: drop --dynamic / --check-shape, export one file per size')
     overrides = {'pruning_ratios': args.pruning_ratios, 'fuse': args.fuse or None}
-    settings = detector_settings(cfg, model, args.shape, Path(args.config).name,
-                                 {key: value for key, value in overrides.items() if value is not None})
     if args.fuse:
-        fuse_backbone(module)
-    checks = random_check_inputs(args.batch, args.shape, args.seed)
-    program = trace(module, example_inputs(checks[0]))
-    path = save(program, 'onnx', Path(args.out), OUTPUT_NAMES, {METADATA_KEY: settings.to_json()})
+        fuse_backbone(model)
+    path, checks = export_mask_rcnn(cfg, model, args.out, args.shape, Path(args.config).name,
+                                    {key: value for key, value in overrides.items() if value is not None},
+                                    args.batch, args.seed)
     runner = OnnxDetector(path, threads=torch.get_num_threads())
     rcnn_cfg = model.roi_head.test_cfg
     rows, parities = [], []
@@ -151,7 +143,7 @@ def export_detector(args: argparse.Namespace, cfg: Config, model: torch.nn.Modul
             rows.append({'input': f'{shape} in {args.shape[0]}x{args.shape[1]}, image {index} ({name})',
                          **parity.row()})
             parities.append(parity)
-    print(f'# {type(model).__name__} with {type(module.backbone).__name__}, whole model -> {path} (onnx, static size '
+    print(f'# {type(model).__name__} with {type(model.backbone).__name__}, whole model -> {path} (onnx, static size '
           f'{args.shape[0]}x{args.shape[1]}, batch {args.batch}, up to {runner.max_detections} detections), '
           f'torch {torch.__version__}; detections against mmdet\'s predict')
     print(markdown_table(rows))

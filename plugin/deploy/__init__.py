@@ -8,6 +8,7 @@ from .detector import (
     compare_detections,
     detector_settings,
     example_inputs,
+    export_mask_rcnn,
     mmdet_predict,
     random_check_inputs,
 )
@@ -46,6 +47,6 @@ __all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'INPUT_NAMES', 'METADATA_KEY', 'OU
            'STATIC_SIZE_ONLY', 'SUFFIXES', 'DetectionParity', 'Detections', 'DetectorSettings', 'ExportError',
            'FeatureExtractor', 'MaskRCNNDetections', 'OnnxDetector', 'PreparedImage', 'SegmentorLogits',
            'check_any_size', 'check_backbone', 'check_mask_rcnn', 'compare_detections', 'compare_with_pytorch',
-           'detector_settings', 'example_inputs', 'feature_extractor', 'load_runner', 'mmdet_predict',
-           'onnxruntime_session', 'paste_masks', 'random_check_inputs', 'read_image', 'relative_differences', 'save',
-           'segmentor_logits', 'trace']
+           'detector_settings', 'example_inputs', 'export_mask_rcnn', 'feature_extractor', 'load_runner',
+           'mmdet_predict', 'onnxruntime_session', 'paste_masks', 'random_check_inputs', 'read_image',
+           'relative_differences', 'save', 'segmentor_logits', 'trace']

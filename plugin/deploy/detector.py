@@ -27,6 +27,7 @@ mmdet and mmcv are imported lazily: ``plugin.deploy`` imports without mmcv's com
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -520,3 +521,18 @@ def compare_detections(detections: Detections, reference: Any, score_thr: float 
     return DetectionParity(len(ref_boxes), len(detections.bboxes), len(pairs), int(near_ties),
                            min(box_ious, default=1.0), max(score_diffs, default=0.0), min(mask_ious, default=1.0),
                            min(decisive_ious, default=1.0))
+
+
+def export_mask_rcnn(cfg: Mapping[str, Any], model: nn.Module, path: str | Path, input_size: Sequence[int],
+                     config_name: str, overrides: Mapping[str, Any] | None = None, batch: int = 1,
+                     seed: int = 0) -> tuple[Path, list[list[PreparedImage]]]:
+    """Write ``model`` (built from ``cfg``) whole to the ONNX file ``path`` at ``input_size`` (H, W) and ``batch``,
+    with the runner's metadata (``overrides``: what differs from ``cfg``, e.g. pruning ratios). Returns the path
+    and the two batches of check inputs of :func:`random_check_inputs` (the first is the export's input)."""
+    from .export import save, trace
+    from .runner import METADATA_KEY, OUTPUT_NAMES
+    module = MaskRCNNDetections(model)
+    settings = detector_settings(cfg, model, input_size, config_name, overrides)
+    checks = random_check_inputs(batch, input_size, seed)
+    program = trace(module, example_inputs(checks[0]))
+    return save(program, 'onnx', Path(path), OUTPUT_NAMES, {METADATA_KEY: settings.to_json()}), checks

@@ -33,8 +33,8 @@ def test_a_demo_step_logs_what_the_libraries_print_and_names_itself_when_it_fail
         with pytest.raises(RuntimeError, match='broken'), demo.demo_step(3, 'testing', log, sys.stdout):
             raise RuntimeError('broken')
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ['[demo] 2/6 training', '[demo] 3/6 testing']
-    assert captured.err.splitlines() == [f'[demo] step 3/6 failed; what the libraries printed is in {log_path}']
+    assert captured.out.splitlines() == ['[demo] 2/7 training', '[demo] 3/7 testing']
+    assert captured.err.splitlines() == [f'[demo] step 3/7 failed; what the libraries printed is in {log_path}']
     logged = log_path.read_text()
     assert 'a runner log line' in logged and 'UserWarning: a library warning' in logged
 
@@ -50,12 +50,31 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     detection = results['detection']
     for model in ('SparseViT-Swin, untrained', 'SparseViT-Swin, dense training'):
         assert [r['pruning ratio'] for r in detection if r['model'] == model] == list(demo.UNADAPTED_RATIOS)
+    sparse_name = 'SparseViT-Swin, adapted, sparse all the way (skipped tiles: coarser)'
     for scorer in demo.SCORER_CONFIGS:
         adapted = [r for r in detection if r['model'] == 'SparseViT-Swin, adapted' and r['scorer'] == scorer]
         assert [r['pruning ratio'] for r in adapted] == list(demo.EVAL_RATIOS)
-        assert all(r['speedup'] > 0 for r in adapted) and adapted[0]['speedup'] == 1.0
+        assert all(r['whole speedup'] > 0 and r['whole ms'] > r['backbone ms'] > 0 for r in adapted)
+        assert adapted[0]['backbone speedup'] == adapted[0]['whole speedup'] == 1.0
+        sparse = [r for r in detection if r['model'] == sparse_name and r['scorer'] == scorer]
+        assert [r['pruning ratio'] for r in sparse] == list(demo.SPARSE_RATIOS)
+        for row in sparse:
+            # the same backbone keeps the same windows: the same coverage; the neck and RPN then cost less
+            backbone_only = next(r for r in adapted if r['pruning ratio'] == row['pruning ratio'])
+            assert {k: v for k, v in row.items() if k.startswith(('coverage', 'kept area'))} == \
+                {k: v for k, v in backbone_only.items() if k.startswith(('coverage', 'kept area'))}
+            assert row['whole GMACs'] < backbone_only['whole GMACs']
+        assert [r['pruning ratio'] for r in detection if r['scorer'] == scorer and 'skipped tiles: zero' in
+                r['model']] == [demo.PICTURE_RATIO]
+    onnx = [r for r in detection if 'ONNX Runtime' in r['model']]
+    assert len(onnx) == 1 and onnx[0]['whole ms'] > 0
+    pytorch = next(r for r in detection if r['model'] == 'SparseViT-Swin, adapted' and r['scorer'] == demo.ONNX_SCORER
+                   and r['pruning ratio'] == demo.ONNX_RATIO)
+    assert abs(onnx[0]['bbox AP'] - pytorch['bbox AP']) <= 0.005
     for row in detection:
         assert 0 <= row['bbox AP'] <= 1 and 0 <= row['segm AP'] <= 1
+        if row in onnx:
+            continue
         for stage, windows in enumerate(WINDOWS_PER_STAGE, start=1):
             # the windows tile the image, so the kept area is the kept share of the windows
             kept_share = num_kept_windows(windows, row['pruning ratio']) / windows
@@ -69,6 +88,7 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     table = (work_dir / 'results.md').read_text()
     assert '| coverage s1 | coverage s2 | coverage s3 | kept area s1 |' in table
     assert table.count('| SparseViT-Swin, adapted |') == 2 * len(demo.EVAL_RATIOS)
+    assert table.count(f'| {sparse_name} |') == 2 * len(demo.SPARSE_RATIOS)
     assert f'{results["wall_time_s"]:.0f} s' in table
     pictures = sorted(p.name for p in work_dir.glob('*.png'))
     assert pictures == sorted([f'detection_windows_{i}.png' for i in range(demo.NUM_PICTURES)]
@@ -79,8 +99,8 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     assert cv2.imread(str(work_dir / 'segmentation_0.png')).shape[:2] == (468, 1152)
 
     # The terminal: a line per step, the tables and where the files are; the runners' logs are in the log file.
-    steps = [line for line in terminal.out.splitlines() if line.startswith('[demo] ') and '/6 ' in line]
-    assert [line.split()[1] for line in steps] == [f'{step}/6' for step in range(1, 7)]
+    steps = [line for line in terminal.out.splitlines() if line.startswith('[demo] ') and '/7 ' in line]
+    assert [line.split()[1] for line in steps] == [f'{step}/7' for step in range(1, 8)]
     assert table in terminal.out and ' - mmengine - ' not in terminal.out + terminal.err
     assert str(work_dir / 'demo.log') in terminal.out
     assert 'adapt_l2 train: 100%' in terminal.err

@@ -36,7 +36,8 @@ def test_part_timer_attributes_every_millisecond_to_one_part():
 @pytest.mark.slow
 def test_semantic_fpn_rows_compare_pruned_and_dense_at_the_same_weights(capsys):
     args = argparse.Namespace(tasks=['semantic-fpn'], rows=['SparseViT-Swin-T cfg2'], batches=[1], size=(96, 128),
-                              threads=None, detections=None, device=torch.device('cpu'), warmup=0, repeats=1)
+                              threads=None, detections=None, device=torch.device('cpu'), warmup=0, repeats=1,
+                              runtimes=['torch'], ort_batches=[1])
     rows = whole.run(args)
     assert [row['model'] for row in rows] == ['SparseViT-Swin-T dense', 'SparseViT-Swin-T cfg2']
     dense, pruned = rows
@@ -63,5 +64,17 @@ def test_detection_counts_are_held_equal_in_a_pair():
 def test_unknown_rows_are_refused_with_the_known_ones(capsys):
     assert run_tool(lambda argv: whole.run(argparse.Namespace(
         tasks=['semantic-fpn'], rows=['no such row'], batches=[1], size=None, threads=None, detections=None,
-        device=torch.device('cpu'), warmup=0, repeats=1))) == 2
+        device=torch.device('cpu'), warmup=0, repeats=1, runtimes=['torch'], ort_batches=[1]))) == 2
     assert "--rows ['no such row'] are not rows of the tasks ['semantic-fpn']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('runtimes, device, message', [
+    (['graph'], 'cpu', '--runtimes graph replays the backbone from a CUDA graph: it needs --device cuda'),
+    (['ort'], 'meta', 'the whole suite runs on the CPU or a CUDA GPU, got --device meta'),
+])
+def test_runtimes_a_device_cannot_run_are_refused(capsys, runtimes, device, message):
+    args = argparse.Namespace(tasks=['semantic-fpn'], rows=None, batches=[1], size=None, threads=None,
+                              detections=None, device=torch.device(device), warmup=0, repeats=1, runtimes=runtimes,
+                              ort_batches=[1])
+    assert run_tool(lambda argv: whole.run(args)) == 2
+    assert message in capsys.readouterr().err

@@ -6,9 +6,13 @@
 3. trains and evaluates Semantic FPN with EfficientFormerV2-S0 (mmseg's runner, IoUMetric);
 4. adapts the detector to sparsity (SparsityAwareAdaptationHook) with the paper's L2 window scorer and
 5. from the same checkpoint, with the same schedule, with the learned window scorer; evaluates both at
-   several pruning ratios: AP, the share of the ground-truth object pixels that lie in the kept windows
-   of each stage (object coverage, ObjectCoverageHook) and the backbone's latency;
-6. writes the tables (results.md, results.json) and pictures under --work-dir.
+   several pruning ratios: AP and the share of the ground-truth object pixels that lie in the kept windows
+   of each stage (object coverage, ObjectCoverageHook), with sparsity in the backbone only and sparse all the
+   way (SparseFPN and SparseRPNHead compute only the kept windows, the same weights);
+6. exports the L2-adapted detector whole to ONNX and evaluates it in ONNX Runtime (plugin.deploy), then times
+   every detection row at 672x672 in one alternating loop, backbone and whole model from the same passes
+   (detection counts held), beside their MACs;
+7. writes the tables (results.md, results.json) and pictures under --work-dir.
 
 Every runner is seeded and runs torch's deterministic algorithms: the same seed gives the same table on
 the same machine with the same number of threads, the latencies aside.
@@ -22,6 +26,8 @@ demo.log, and each runner also writes its own mmengine log under its work dir (d
 """
 import argparse
 import contextlib
+import copy
+import dataclasses
 import functools
 import json
 import os
@@ -43,9 +49,11 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from tqdm import tqdm
 
+from plugin.benchmarks.whole import PartTimer, alternating_part_latencies, packed_batch, photographs
 from plugin.demo_data import make_demo_data
+from plugin.deploy import OnnxDetector, export_mask_rcnn
 from plugin.models.utils.records import ForwardRecord, recording
-from plugin.utils import alternating_latency_ms, markdown_table, median_latency_ms
+from plugin.utils import count_macs_per_module, markdown_table
 from plugin.utils.cli import HelpFormatter, run_tool
 from plugin.utils.package_data import CONFIG_ROOT
 from plugin.visualization import (
@@ -61,9 +69,17 @@ DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformerv2-s0_demo-shapes.py'
 SCORER_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py',
                   'learned': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_learned-scorer_saa_demo-shapes.py'}
+# The same detectors sparse all the way (SparseFPN, SparseRPNHead), tested from the adaptations' checkpoints.
+SPARSE_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_sparse-neck_saa_demo-shapes.py',
+                  'learned': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_learned-scorer_sparse-neck_saa_demo-shapes.py'}
 SEG_MODEL = 'EfficientFormerV2-S0'
 EVAL_RATIOS = (0.0, 0.3, 0.5, 0.7)
+SPARSE_RATIOS = (0.3, 0.5, 0.7)
 PICTURE_RATIO = 0.5
+# What a skipped tile's FPN output is: the configs' choice, and the other one measured at PICTURE_RATIO.
+FILLS = ('coarser', 'zero')
+# The detector exported whole and evaluated in ONNX Runtime.
+ONNX_SCORER, ONNX_RATIO = 'L2', 0.5
 # The detector before adaptation is tested dense and at PICTURE_RATIO with the L2 scorer, which it has.
 UNADAPTED_RATIOS = (0.0, PICTURE_RATIO)
 # Predictions drawn in the pictures: Mask R-CNN proposes several classes per object at lower scores.
@@ -73,11 +89,12 @@ IMAGE_SIZE = (160, 160)
 DATA_COUNTS = dict(num_train=300, num_val=50)
 QUICK_DATA_COUNTS = dict(num_train=24, num_val=8)
 QUICK_ITERS = 4
-# Backbone latency is measured at the paper's detection size, where window sparsity pays.
+# Latency is measured at the paper's detection size, where window sparsity pays.
 LATENCY_SIZE = (672, 672)
-NUM_STEPS = 6
+LATENCY_REPEATS = 7
+NUM_STEPS = 7
 # The runners' work dirs under --work-dir, each with its mmengine log.
-RUN_DIRS = ('det', 'seg', *(f'adapt_{scorer.lower()}' for scorer in SCORER_CONFIGS))
+RUN_DIRS = ('det', 'seg', *(f'{kind}_{scorer.lower()}' for kind in ('adapt', 'sparse') for scorer in SCORER_CONFIGS))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -120,73 +137,177 @@ def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
     return cfg
 
 
-def backbone_latency(backbone: torch.nn.Module) -> float:
-    """Median batch-1 latency in ms at LATENCY_SIZE (the backbone is left in eval mode)."""
-    backbone.eval()
-    image = torch.randn(1, 3, *LATENCY_SIZE)
-    return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Where and how the tables' latencies are measured: LATENCY_SIZE, LATENCY_REPEATS (--quick: the demo's image
+    size, one pass)."""
+    size: tuple[int, int]
+    warmup: int
+    repeats: int
 
 
-def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> list[float]:
-    """Median batch-1 latency in ms at LATENCY_SIZE at each pruning ratio, the ratios timed in alternation so
-    that a change of the machine's load hits all of them alike (one after another, a quiet 2-core machine
-    once timed ratio 0.5 slower than 0.3)."""
-    backbone.eval()
-    image = torch.randn(1, 3, *LATENCY_SIZE)
+@dataclasses.dataclass
+class TimedRow:
+    """A table row whose latency and MACs are measured: its model, at its pruning ratio (None: a model without
+    pruning ratios) or as an ONNX Runtime detector; None: the row is not timed."""
+    row: dict
+    model: torch.nn.Module | OnnxDetector | None = None
+    ratio: float | None = None
 
-    def run_at(ratio: float):
-        # setting the ratios costs microseconds of a ~100 ms pass
-        return lambda: (backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths)), backbone(image))
 
-    return alternating_latency_ms([run_at(ratio) for ratio in ratios], warmup=3, repeats=11)
+def held_detections(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a detector (eval mode) whose every image keeps its ``max_per_img`` detections (RoI score threshold
+    0), so that models of different weights do the same work after the backbone; segmentors are copied as they
+    are."""
+    model = copy.deepcopy(model).eval()
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is not None:
+        roi_head.test_cfg.score_thr = 0.0
+    return model
+
+
+def time_rows(rows: Sequence[TimedRow], timing: Timing) -> None:
+    """Batch-1 latency at ``timing.size`` of every row, all timed in one alternating loop so that a change of the
+    machine's load hits all of them alike: the backbone and the whole model (a packed batch to data samples)
+    from the same passes, and the whole model's MACs. Each PyTorch row gets them, and its speedups over the first
+    PyTorch row of its scorer at ratio 0 (sparse all the way at ratio 0 is that model)."""
+    photo = photographs(timing.size, 1)
+    timers: dict[int, PartTimer] = {}
+    runs = []
+    for entry in rows:
+        if isinstance(entry.model, OnnxDetector):
+            # From the uint8 photograph to pasted masks: preprocessing, ONNX Runtime and post-processing.
+            runs.append(lambda detector=entry.model: _onnx_parts(detector, photo[0]))
+            continue
+        scope = entry.model.data_preprocessor.__module__.split('.')[0]
+        data = packed_batch(scope, photo)
+        timer = timers.setdefault(id(entry.model), PartTimer(entry.model, torch.device('cpu')))
+
+        def run(entry=entry, timer=timer, data=data) -> dict[str, float]:
+            if entry.ratio is not None:
+                # setting the ratios costs microseconds; the timer times the pass alone
+                entry.model.backbone.set_pruning_ratios(stage_ratios(entry.ratio, entry.model.backbone.depths))
+            return timer.time(lambda: entry.model.test_step(data))
+        runs.append(run)
+        with torch.no_grad():
+            run()
+            macs = count_macs_per_module(lambda: entry.model.test_step(data))
+        entry.row['whole GMACs'] = macs['Global'] / 1e9
+    with torch.no_grad():
+        latencies = alternating_part_latencies(runs, timing.warmup, timing.repeats, desc='timing')
+    dense_by_scorer = {entry.row.get('scorer'): latency for entry, latency in zip(rows, latencies)
+                       if entry.ratio == 0.0}
+    for entry, latency in zip(rows, latencies):
+        entry.row['backbone ms'] = latency.get('backbone', '-')
+        entry.row['whole ms'] = latency['total']
+        dense = dense_by_scorer.get(entry.row.get('scorer'))
+        if dense is not None and entry.ratio is not None:
+            entry.row['backbone speedup'] = dense['backbone'] / latency['backbone']
+            entry.row['whole speedup'] = dense['total'] / latency['total']
+
+
+def _onnx_parts(detector: OnnxDetector, image: np.ndarray) -> dict[str, float]:
+    start = time.perf_counter()
+    detector.detect(image, channel_order='rgb')
+    return {'total': (time.perf_counter() - start) * 1e3}
 
 
 def _metric(metrics: dict[str, float], key: str, scale: float = 1.0):
     return float(metrics[key]) / scale if key in metrics else '-'
 
 
-def detection_row(model: str, scorer: str, ratio: float, metrics: dict[str, float], pruned_stages: int,
-                  latency: float | None = None, speedup: float | None = None) -> dict:
+DETECTION_TIMING = ('backbone ms', 'whole ms', 'backbone speedup',
+                    'whole speedup', 'whole GMACs')
+
+
+def detection_row(model: str, scorer: str, ratio: float, metrics: dict[str, float], pruned_stages: int) -> dict:
+    """AP and object coverage; the timing columns stay '-' unless :func:`time_rows` fills them."""
     row = {'model': model, 'scorer': scorer, 'pruning ratio': ratio,
            'bbox AP': _metric(metrics, 'coco/bbox_mAP'), 'segm AP': _metric(metrics, 'coco/segm_mAP')}
     for kind, key in (('coverage', 'coverage'), ('kept area', 'kept_area')):
         row.update({f'{kind} s{stage}': _metric(metrics, f'{key}/stage{stage}')
                     for stage in range(1, pruned_stages + 1)})
-    row[f'backbone ms ({LATENCY_SIZE[0]}px)'] = '-' if latency is None else latency
-    row['speedup'] = '-' if speedup is None else speedup
+    row.update(dict.fromkeys(DETECTION_TIMING, '-'))
     return row
 
 
-def segmentation_row(model: str, metrics: dict[str, float], latency: float | None = None) -> dict:
+def segmentation_row(model: str, metrics: dict[str, float]) -> dict:
     return {'model': model, 'mIoU': _metric(metrics, 'mIoU', 100), 'pixel accuracy': _metric(metrics, 'aAcc', 100),
-            f'backbone ms ({LATENCY_SIZE[0]}px)': '-' if latency is None else latency}
+            'backbone ms': '-', 'whole ms': '-'}
 
 
-def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence[float],
-                   with_latency: bool) -> list[dict]:
-    """A detection row per pruning ratio (in every stage but the last), with the backbone's latency and the
-    speedup over the first ratio when ``with_latency``. The backbone's ratios are restored afterwards."""
+def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence[float]) -> list[dict]:
+    """A detection row per pruning ratio (in every stage but the last); the backbone's ratios are restored."""
     backbone = runner.model.backbone
     ratios_before = backbone.pruning_ratios
-    all_metrics = []
+    rows = []
     for ratio in ratios:
         backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths))
-        all_metrics.append(runner.test())
-    latencies = latency_at_ratios(backbone, ratios) if with_latency else [None] * len(ratios)
+        rows.append(detection_row(model, scorer, ratio, runner.test(), len(backbone.depths) - 1))
     backbone.set_pruning_ratios(ratios_before)
-    return [detection_row(model, scorer, ratio, metrics, len(backbone.depths) - 1, latency,
-                          latencies[0] / latency if with_latency else None)
-            for ratio, metrics, latency in zip(ratios, all_metrics, latencies)]
+    return rows
 
 
 def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
-                       dense_checkpoint: Path) -> tuple[Runner, Config, list[dict]]:
+                       dense_checkpoint: Path) -> tuple[Runner, Config, list[TimedRow]]:
     """Sparsity-aware adaptation from the dense detector with ``scorer``, then a test at every EVAL_RATIOS."""
     cfg = demo_config(SCORER_CONFIGS[scorer], args, work_dir / f'adapt_{scorer.lower()}')
     cfg.load_from = str(dense_checkpoint)
     runner = Runner.from_cfg(cfg)
     runner.train()
-    return runner, cfg, evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS, with_latency=True)
+    rows = evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS)
+    timed = held_detections(runner.model)
+    return runner, cfg, [TimedRow(row, timed, ratio) for row, ratio in zip(rows, EVAL_RATIOS)]
+
+
+def evaluate_sparse_all_the_way(scorer: str, args: argparse.Namespace, work_dir: Path,
+                                adapted_checkpoint: Path) -> list[TimedRow]:
+    """The adapted detector sparse all the way (same weights): a test at every SPARSE_RATIOS, and at
+    PICTURE_RATIO with the other fill of skipped tiles."""
+    cfg = demo_config(SPARSE_CONFIGS[scorer], args, work_dir / f'sparse_{scorer.lower()}')
+    cfg.load_from = str(adapted_checkpoint)
+    runner = Runner.from_cfg(cfg)
+    neck = runner.model.neck
+    name = f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {neck.fill_skipped})'
+    rows = evaluate_at_ratios(runner, name, scorer, SPARSE_RATIOS)
+    timed = held_detections(runner.model)
+    entries = [TimedRow(row, timed, ratio) for row, ratio in zip(rows, SPARSE_RATIOS)]
+    configured = neck.fill_skipped
+    for fill in FILLS:
+        if fill != configured:
+            neck.fill_skipped = fill
+            entries += [TimedRow(row) for row in evaluate_at_ratios(
+                runner, f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {fill})', scorer,
+                (PICTURE_RATIO, ))]
+    neck.fill_skipped = configured
+    return entries
+
+
+def onnx_runtime_rows(runner: Runner, cfg: Config, work_dir: Path, scorer: str, timing: Timing) -> list[TimedRow]:
+    """The adapted detector at ONNX_RATIO exported whole (plugin.deploy) and evaluated in ONNX Runtime on the test
+    set with the same CocoMetric; a second file at the timing size (detection counts held) is timed with the
+    others."""
+    model = runner.model
+    model.eval()
+    ratios = stage_ratios(ONNX_RATIO, model.backbone.depths)
+    model.backbone.set_pruning_ratios(ratios)
+    out_dir = work_dir / 'onnx'
+    path, _ = export_mask_rcnn(cfg, model, out_dir / f'detector_{scorer.lower()}_{IMAGE_SIZE[0]}px.onnx', IMAGE_SIZE,
+                               Path(cfg.filename).name, {'pruning_ratios': ratios})
+    detector = OnnxDetector(path, threads=torch.get_num_threads())
+    dataset = runner.test_dataloader.dataset
+    evaluator = runner.build_evaluator(cfg.test_evaluator)
+    evaluator.dataset_meta = dataset.metainfo
+    for index in tqdm(range(len(dataset)), desc='ONNX Runtime test', unit='img', leave=False):
+        info = dataset.get_data_info(index)
+        evaluator.process(detector.predict(info['img_path'], metainfo=[{'img_id': info['img_id']}]))
+    metrics = evaluator.evaluate(len(dataset))
+    row = detection_row('SparseViT-Swin, adapted, ONNX Runtime (whole model)', scorer, ONNX_RATIO, metrics, 0)
+    timed_path, _ = export_mask_rcnn(cfg, held_detections(model), out_dir / f'detector_{scorer.lower()}_'
+                                     f'{timing.size[0]}px_timed.onnx', timing.size, Path(cfg.filename).name,
+                                     {'pruning_ratios': ratios, 'score_thr': 0.0})
+    # Idle threads that spin would take the cores from the PyTorch model timed next.
+    return [TimedRow(row, OnnxDetector(timed_path, threads=torch.get_num_threads(), spinning=False))]
 
 
 def evaluated_sample(runner: Runner, index: int) -> tuple[np.ndarray, object, list[ForwardRecord]]:
@@ -278,40 +399,57 @@ def main(argv: Sequence[str] | None = None) -> dict:
         det_cfg = demo_config(DET_CONFIG, args, work_dir / 'det')
         det_runner = Runner.from_cfg(det_cfg)
         pruned_stages = len(det_runner.model.backbone.depths) - 1
-        detection = evaluate_at_ratios(det_runner, 'SparseViT-Swin, untrained', 'L2', UNADAPTED_RATIOS,
-                                       with_latency=False)
+        detection = [TimedRow(row) for row in evaluate_at_ratios(det_runner, 'SparseViT-Swin, untrained', 'L2',
+                                                                 UNADAPTED_RATIOS)]
         det_runner.train()
-        detection += evaluate_at_ratios(det_runner, 'SparseViT-Swin, dense training', 'L2', UNADAPTED_RATIOS,
-                                        with_latency=False)
+        detection += [TimedRow(row) for row in evaluate_at_ratios(det_runner, 'SparseViT-Swin, dense training', 'L2',
+                                                                  UNADAPTED_RATIOS)]
         dense_checkpoint = work_dir / 'det' / f'iter_{det_cfg.train_cfg.max_iters}.pth'
 
     with demo_step(3, f'Semantic FPN + {SEG_MODEL}: evaluate untrained, train, evaluate', log, terminal):
         seg_runner = Runner.from_cfg(demo_config(SEG_CONFIG, args, work_dir / 'seg'))
-        segmentation = [segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test())]
+        segmentation = [TimedRow(segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test()))]
         seg_runner.train()
-        segmentation.append(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test(),
-                                             backbone_latency(seg_runner.model.backbone)))
+        segmentation.append(TimedRow(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test()),
+                                     held_detections(seg_runner.model)))
 
     adapted = {}
     for step, scorer in enumerate(SCORER_CONFIGS, start=4):
         with demo_step(step, f'sparsity-aware adaptation with the {scorer} window scorer, then evaluation at '
-                             f'pruning ratios {EVAL_RATIOS}', log, terminal):
+                             f'pruning ratios {EVAL_RATIOS}, and sparse all the way at {SPARSE_RATIOS}', log,
+                       terminal):
             runner, cfg, rows = adapt_and_evaluate(scorer, args, work_dir, dense_checkpoint)
             adapted[scorer] = (runner, cfg)
             detection += rows
+            adapted_checkpoint = Path(cfg.work_dir) / f'iter_{cfg.train_cfg.max_iters}.pth'
+            detection += evaluate_sparse_all_the_way(scorer, args, work_dir, adapted_checkpoint)
 
-    with demo_step(6, 'pictures and tables', log, terminal):
+    timing = Timing(IMAGE_SIZE, 0, 1) if args.quick else Timing(LATENCY_SIZE, 2, LATENCY_REPEATS)
+    with demo_step(6, f'ONNX Runtime (the {ONNX_SCORER}-adapted detector whole at ratio {ONNX_RATIO:g}), then the '
+                      f'latency of every row at {timing.size[0]}x{timing.size[1]} in one alternating loop', log,
+                   terminal):
+        detection += onnx_runtime_rows(*adapted[ONNX_SCORER], work_dir, ONNX_SCORER, timing)
+        time_rows([entry for entry in detection if entry.model is not None], timing)
+        time_rows([entry for entry in segmentation if entry.model is not None], timing)
+    detection = [entry.row for entry in detection]
+    segmentation = [entry.row for entry in segmentation]
+
+    with demo_step(7, 'pictures and tables', log, terminal):
         pictures = detection_pictures(adapted, work_dir) + segmentation_pictures(seg_runner, work_dir)
     # the data loader workers are children, counted once they have ended
     cpu_time = sum(usage.ru_utime + usage.ru_stime
                    for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
     results = dict(detection=detection, segmentation=segmentation, seed=args.seed, quick=args.quick,
+                   latency_size=list(timing.size), latency_repeats=timing.repeats,
                    wall_time_s=round(time.perf_counter() - started, 1),
                    cpu_time_s=round(cpu_time, 1),
                    load_average=[round(load_at_start, 2), round(os.getloadavg()[0], 2)])
-    tables = (f'Detection (COCO AP@[0.5:0.95]; coverage / kept area per pruned stage s1-s{pruned_stages}):\n\n'
+    where = f'{timing.size[0]}x{timing.size[1]}, batch 1, {torch.get_num_threads()} threads'
+    tables = (f'Detection (COCO AP@[0.5:0.95]; coverage / kept area per pruned stage s1-s{pruned_stages}; latency '
+              f'and GMACs at {where}, every timed row in one alternating loop, detection counts held; speedups '
+              f'against the same scorer at ratio 0):\n\n'
               f'{markdown_table(detection, float_format=".3f")}\n\n'
-              f'Segmentation (mIoU and pixel accuracy as fractions):\n\n'
+              f'Segmentation (mIoU and pixel accuracy as fractions; latency and GMACs at {where}):\n\n'
               f'{markdown_table(segmentation, float_format=".3f")}\n\n'
               f'Wall time {results["wall_time_s"]:.0f} s, CPU time {results["cpu_time_s"]:.0f} s; '
               f'1-minute load average {results["load_average"][0]:.2f} at the start, '

@@ -20,19 +20,28 @@ network: only time and MACs compare). Columns:
   does not own; above 1: the parts after the backbone got faster too);
 - MACs per part from torch's counter in one pass (attention included; mmcv's RoIAlign and NMS are
   not counted).
+
+Runtimes (``--runtimes``): ``torch`` (eager; on a GPU also ``graph``: the backbone replayed from a CUDA graph,
+for rows whose backbone is not read through a forward record) and ``ort``: Mask R-CNN exported whole
+(``plugin.deploy.export_mask_rcnn``) and run by ``plugin.deploy.OnnxDetector`` in ONNX Runtime on the CPU, from
+the image to pasted masks, beside its backbone exported alone (its ``backbone ms``); both runtimes with the same
+threads, every ONNX Runtime model timed in one alternating loop (idle threads do not spin). Semantic FPN's
+exported logits and the mono-3D heads (mmcv's deformable convolution does not export) have no ONNX Runtime rows.
 """
 import argparse
 import dataclasses
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..utils import count_macs_per_module
+from ..utils import capture_cuda_graph, count_macs_per_module
 from ..utils.package_data import config_path
 
 PARTS = ('preprocess', 'backbone', 'neck', 'heads')
@@ -123,6 +132,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='input size of every task instead of its own (mask-rcnn 672x672, semantic-fpn '
                              '512x512, fcos3d 928x1600, pgd 384x1248)')
     parser.add_argument('--threads', type=int, default=None, help='intra-op threads (default: torch\'s)')
+    parser.add_argument('--runtimes', nargs='+', choices=('torch', 'graph', 'ort'), default=['torch', 'ort'],
+                        help='PyTorch eager; the backbone as a CUDA graph (GPU); ONNX Runtime (Mask R-CNN, CPU)')
+    parser.add_argument('--ort-batches', type=int, nargs='+', default=[1],
+                        help='batch sizes of the ONNX Runtime rows (one export per model and batch size)')
     parser.add_argument('--detections', type=int, default=None,
                         help='detections every image keeps (default: the config\'s max_per_img, 100 for Mask '
                              'R-CNN)')
@@ -143,6 +156,8 @@ def build_model(spec: WholeModel, reference: nn.Module | None, detections: int |
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
+    # As mmdet's init_detector: the exports read the test pipeline and class names from it.
+    model.cfg = cfg
     if reference is not None and spec.same_weights:
         # A learned scorer's predictors are the only weights the dense model lacks: they keep their random init.
         missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
@@ -282,6 +297,90 @@ def amdahl_bound(backbone_share: float, backbone_speedup: float) -> float:
     return 1.0 / ((1.0 - backbone_share) + backbone_share / backbone_speedup)
 
 
+class CUDAGraphBackbone(nn.Module):
+    """A backbone replayed from a CUDA graph captured at the shape of the first input (GPU timing only): the input
+    is copied into the captured buffer, the graph replayed, the captured output returned."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.graph = None
+
+    def forward(self, x: torch.Tensor):
+        if self.graph is None or x.shape != self.static_input.shape:
+            self.static_input = x.clone()
+            self.graph, self.static_output = capture_cuda_graph(lambda: self.backbone(self.static_input))
+        self.static_input.copy_(x)
+        self.graph.replay()
+        return self.static_output
+
+
+def torch_latencies(models: dict[str, nn.Module], data: dict, args: argparse.Namespace,
+                    desc: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per model, the median ms of each part of ``test_step(data)`` in one alternating loop, and its detections."""
+    runs, counts = [], {}
+    for name, model in models.items():
+        timer = PartTimer(model, args.device)
+        with torch.no_grad():
+            counts[name] = counted_outputs(model.test_step(data))
+        runs.append(lambda model=model, timer=timer: timer.time(lambda: model.test_step(data)))
+    with torch.no_grad():
+        return dict(zip(models, alternating_part_latencies(runs, args.warmup, args.repeats, desc))), counts
+
+
+def graph_models(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The models whose backbone can be replayed from a CUDA graph, with it so (a sparse detector reads the
+    backbone's forward record, which a replay does not give)."""
+    from ..models.detectors.sparse import SparseNeckMixin
+    graphed = {}
+    for name, model in models.items():
+        if not isinstance(model, SparseNeckMixin):
+            model.backbone = CUDAGraphBackbone(model.backbone)
+            graphed[name] = model
+    return graphed
+
+
+def onnx_runtime_latencies(models: dict[str, nn.Module], specs: dict[str, WholeModel], size: tuple[int, int],
+                           batch: int, images: list[np.ndarray], args: argparse.Namespace
+                           ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per Mask R-CNN, ONNX Runtime's median ms from the images to the detections ('total') and of its backbone
+    exported alone ('backbone'), every file timed in one alternating loop; and the detections per image. A model
+    that does not export is left out with its reason printed."""
+    from ..deploy import ExportError, FeatureExtractor, OnnxDetector, export_mask_rcnn, load_runner, save, trace
+    runs, counts, names = [], {}, []
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as directory:
+        for index, (name, model) in enumerate(tqdm(models.items(), desc=f'exporting to ONNX (batch {batch})',
+                                                   unit='model', leave=False)):
+            try:
+                path, _ = export_mask_rcnn(model.cfg, model, Path(directory) / f'{index}.onnx', size,
+                                           specs[name].config, dict(specs[name].backbone), batch)
+            except (ExportError, TypeError, ValueError) as error:
+                print(f'ONNX Runtime: {name} has no row, its export failed: {error}')
+                continue
+            detector = OnnxDetector(path, threads=threads, spinning=False)
+            prepared = [detector.prepare(image, channel_order='rgb') for image in images]
+            counts[name] = '/'.join(str(len(d.scores)) for d in detector.run_prepared(prepared))
+            example = torch.from_numpy(np.stack([item.input for item in prepared]))
+            backbone_path = save(trace(FeatureExtractor(model.backbone), example), 'onnx',
+                                 Path(directory) / f'{index}_backbone.onnx')
+            run_backbone = load_runner(backbone_path, 'onnx', threads=threads, spinning=False)
+            runs += [lambda detector=detector: _milliseconds(lambda: detector.detect(images, channel_order='rgb')),
+                     lambda run=run_backbone, x=example: _milliseconds(lambda: run(x))]
+            names += [(name, 'total'), (name, 'backbone')]
+        timed = alternating_part_latencies(runs, args.warmup, args.repeats, f'ONNX Runtime batch {batch}')
+    latencies: dict[str, dict[str, float]] = {}
+    for (name, part), latency in zip(names, timed):
+        latencies.setdefault(name, {})[part] = latency['total']
+    return latencies, counts
+
+
+def _milliseconds(run: Callable[[], object]) -> dict[str, float]:
+    start = time.perf_counter()
+    run()
+    return {'total': (time.perf_counter() - start) * 1e3}
+
+
 def run_task(task: Task, args: argparse.Namespace) -> list[dict[str, object]]:
     wanted = [spec for spec in task.models if args.rows is None or spec.name in args.rows]
     references = {spec.reference for spec in wanted if spec.reference}
@@ -292,34 +391,41 @@ def run_task(task: Task, args: argparse.Namespace) -> list[dict[str, object]]:
     models: dict[str, nn.Module] = {}
     for spec in tqdm(specs, desc=f'{task.name}: building', unit='model', leave=False):
         models[spec.name] = build_model(spec, models.get(spec.reference), args.detections)
+        models[spec.name].to(args.device)
     scope = next(iter(models.values())).data_preprocessor.__module__.split('.')[0]
 
     rows = []
     for batch in args.batches:
-        data = packed_batch(scope, photographs(size, batch))
+        images = photographs(size, batch)
+        data = packed_batch(scope, images)
         macs = {name: macs_per_part(model, data) for name, model in models.items()} if batch == 1 else None
-        runs, counts = [], {}
-        for name, model in models.items():
-            model.to(args.device)
-            timer = PartTimer(model, args.device)
-            with torch.no_grad():
-                counts[name] = counted_outputs(model.test_step(data))
-            runs.append(lambda model=model, timer=timer: timer.time(lambda: model.test_step(data)))
-        with torch.no_grad():
-            latencies = dict(zip(models, alternating_part_latencies(runs, args.warmup, args.repeats,
-                                                                    f'{task.name} batch {batch}')))
-        for spec in specs:
-            rows.append(table_row(task, spec, batch, size, latencies, macs, counts[spec.name]))
+        if 'torch' in args.runtimes:
+            latencies, counts = torch_latencies(models, data, args, f'{task.name} batch {batch}')
+            rows += [table_row(task, spec, batch, size, 'torch', latencies, macs, counts[spec.name])
+                     for spec in specs]
+        if 'ort' in args.runtimes and task.name == 'mask-rcnn' and batch in args.ort_batches:
+            latencies, counts = onnx_runtime_latencies(models, {spec.name: spec for spec in specs}, size, batch,
+                                                       images, args)
+            rows += [table_row(task, spec, batch, size, 'ONNX Runtime', latencies, macs, counts[spec.name])
+                     for spec in specs if spec.name in latencies and spec.reference in (None, *latencies)]
+    if 'graph' in args.runtimes:
+        graphed = graph_models(models)
+        for batch in args.batches:
+            data = packed_batch(scope, photographs(size, batch))
+            latencies, counts = torch_latencies(graphed, data, args, f'{task.name} batch {batch}, CUDA graph')
+            rows += [table_row(task, spec, batch, size, 'torch, backbone as CUDA graph', latencies, None,
+                               counts[spec.name]) for spec in specs if spec.name in graphed
+                     and (spec.reference is None or spec.reference in graphed)]
     return rows
 
 
-def table_row(task: Task, spec: WholeModel, batch: int, size: tuple[int, int], latencies: dict,
+def table_row(task: Task, spec: WholeModel, batch: int, size: tuple[int, int], runtime: str, latencies: dict,
               macs: dict | None, count: str) -> dict[str, object]:
     mine = latencies[spec.name]
-    row = {'task': task.name, 'model': spec.name, 'batch': batch, 'input': f'{size[0]}x{size[1]}',
+    row = {'task': task.name, 'model': spec.name, 'runtime': runtime, 'batch': batch, 'input': f'{size[0]}x{size[1]}',
            'detections': count or None}
     for part in PARTS:
-        row[f'{part} ms'] = mine[part]
+        row[f'{part} ms'] = mine.get(part)
     row['whole ms'] = mine['total']
     if macs is not None:
         row['backbone GMACs'] = macs[spec.name]['backbone']
@@ -342,6 +448,11 @@ def table_row(task: Task, spec: WholeModel, batch: int, size: tuple[int, int], l
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     if args.device.type != 'cpu' and args.device.type != 'cuda':
         raise ValueError(f'the whole suite runs on the CPU or a CUDA GPU, got --device {args.device}')
+    if 'graph' in args.runtimes and args.device.type != 'cuda':
+        raise ValueError('--runtimes graph replays the backbone from a CUDA graph: it needs --device cuda')
+    if 'ort' in args.runtimes and args.device.type != 'cpu':
+        raise ValueError('--runtimes ort compares ONNX Runtime\'s CPU build with PyTorch on the CPU: run it with '
+                         '--device cpu')
     if args.threads:
         torch.set_num_threads(args.threads)
     from mmengine.logging import MMLogger

@@ -262,15 +262,16 @@ class OnnxDetector:
             from: its ``model`` fingerprint and test-pipeline resize must match the file's (needs mmengine for a path).
         input_size: Optionally the (height, width) the file must take.
         threads: ONNX Runtime's intra-op threads (default: its own choice).
+        spinning: Whether its idle threads busy-wait for the next run (see :func:`onnxruntime_session`).
     """
 
     def __init__(self, path: str | Path, config: str | Path | Mapping[str, Any] | None = None,
-                 input_size: Sequence[int] | None = None, threads: int | None = None) -> None:
+                 input_size: Sequence[int] | None = None, threads: int | None = None, spinning: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'no exported detector {self.path}')
         try:
-            self.session = onnxruntime_session(self.path, threads)
+            self.session = onnxruntime_session(self.path, threads, spinning)
         except Exception as error:  # ONNX Runtime raises its own types for a file it cannot read
             raise ValueError(f'ONNX Runtime cannot load {self.path}: {error}') from error
         metadata = self.session.get_modelmeta().custom_metadata_map

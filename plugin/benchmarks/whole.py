@@ -29,6 +29,7 @@ threads, every ONNX Runtime model timed in one alternating loop (idle threads do
 exported logits and the mono-3D heads (mmcv's deformable convolution does not export) have no ONNX Runtime rows.
 """
 import argparse
+import copy
 import dataclasses
 import statistics
 import tempfile
@@ -353,7 +354,7 @@ def onnx_runtime_latencies(models: dict[str, nn.Module], specs: dict[str, WholeM
         for index, (name, model) in enumerate(tqdm(models.items(), desc=f'exporting to ONNX (batch {batch})',
                                                    unit='model', leave=False)):
             try:
-                path, _ = export_mask_rcnn(model.cfg, model, Path(directory) / f'{index}.onnx', size,
+                path, _ = export_mask_rcnn(resized_to(model.cfg, size), model, Path(directory) / f'{index}.onnx', size,
                                            specs[name].config, dict(specs[name].backbone), batch)
             except (ExportError, TypeError, ValueError) as error:
                 print(f'ONNX Runtime: {name} has no row, its export failed: {error}')
@@ -373,6 +374,18 @@ def onnx_runtime_latencies(models: dict[str, nn.Module], specs: dict[str, WholeM
     for (name, part), latency in zip(names, timed):
         latencies.setdefault(name, {})[part] = latency['total']
     return latencies, counts
+
+
+def resized_to(cfg, size: tuple[int, int]):
+    """A copy of a detection config whose test pipeline resizes to ``size`` (H, W) exactly: the benchmark's images
+    have that size already, so the exported runner resizes nothing, as the PyTorch rows' packed batch."""
+    cfg = copy.deepcopy(cfg)
+    pipelines = [cfg.get('test_pipeline') or [], cfg.test_dataloader.dataset.get('pipeline') or []]
+    for transform in (transform for pipeline in pipelines for transform in pipeline):
+        if str(transform.get('type', '')).split('.')[-1] == 'Resize':
+            transform.update(scale=(size[1], size[0]), keep_ratio=False)
+            transform.pop('scale_factor', None)
+    return cfg
 
 
 def _milliseconds(run: Callable[[], object]) -> dict[str, float]:

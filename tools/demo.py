@@ -75,6 +75,9 @@ QUICK_DATA_COUNTS = dict(num_train=24, num_val=8)
 QUICK_ITERS = 4
 # Backbone latency is measured at the paper's detection size, where window sparsity pays.
 LATENCY_SIZE = (672, 672)
+# Untimed and timed passes per latency; --quick checks the pipeline, not the numbers, so it times fewer.
+LATENCY_PASSES = (3, 11)
+QUICK_LATENCY_PASSES = (1, 3)
 NUM_STEPS = 6
 # The runners' work dirs under --work-dir, each with its mmengine log.
 RUN_DIRS = ('det', 'seg', *(f'adapt_{scorer.lower()}' for scorer in SCORER_CONFIGS))
@@ -86,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--data-dir', default='data/demo', help='where the synthetic datasets are written')
     parser.add_argument('--seed', type=int, default=0, help='seed of the data and of every runner')
     parser.add_argument('--quick', action='store_true',
-                        help='tiny data and a few iterations: checks the pipeline, not the accuracy')
+                        help='tiny data, a few iterations and latency passes: checks the pipeline, not the numbers')
     return parser.parse_args(argv)
 
 
@@ -120,14 +123,19 @@ def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
     return cfg
 
 
-def backbone_latency(backbone: torch.nn.Module) -> float:
+def latency_passes(args: argparse.Namespace) -> tuple[int, int]:
+    return QUICK_LATENCY_PASSES if args.quick else LATENCY_PASSES
+
+
+def backbone_latency(backbone: torch.nn.Module, passes: tuple[int, int] = LATENCY_PASSES) -> float:
     """Median batch-1 latency in ms at LATENCY_SIZE (the backbone is left in eval mode)."""
     backbone.eval()
     image = torch.randn(1, 3, *LATENCY_SIZE)
-    return median_latency_ms(lambda: backbone(image), warmup=3, repeats=11)
+    return median_latency_ms(lambda: backbone(image), warmup=passes[0], repeats=passes[1])
 
 
-def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> list[float]:
+def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float],
+                      passes: tuple[int, int] = LATENCY_PASSES) -> list[float]:
     """Median batch-1 latency in ms at LATENCY_SIZE at each pruning ratio, the ratios timed in alternation so
     that a change of the machine's load hits all of them alike (one after another, a quiet 2-core machine
     once timed ratio 0.5 slower than 0.3)."""
@@ -138,7 +146,7 @@ def latency_at_ratios(backbone: torch.nn.Module, ratios: Sequence[float]) -> lis
         # setting the ratios costs microseconds of a ~100 ms pass
         return lambda: (backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths)), backbone(image))
 
-    return alternating_latency_ms([run_at(ratio) for ratio in ratios], warmup=3, repeats=11)
+    return alternating_latency_ms([run_at(ratio) for ratio in ratios], warmup=passes[0], repeats=passes[1])
 
 
 def _metric(metrics: dict[str, float], key: str, scale: float = 1.0):
@@ -163,7 +171,7 @@ def segmentation_row(model: str, metrics: dict[str, float], latency: float | Non
 
 
 def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence[float],
-                   with_latency: bool) -> list[dict]:
+                   with_latency: bool, passes: tuple[int, int] = LATENCY_PASSES) -> list[dict]:
     """A detection row per pruning ratio (in every stage but the last), with the backbone's latency and the
     speedup over the first ratio when ``with_latency``. The backbone's ratios are restored afterwards."""
     backbone = runner.model.backbone
@@ -172,7 +180,7 @@ def evaluate_at_ratios(runner: Runner, model: str, scorer: str, ratios: Sequence
     for ratio in ratios:
         backbone.set_pruning_ratios(stage_ratios(ratio, backbone.depths))
         all_metrics.append(runner.test())
-    latencies = latency_at_ratios(backbone, ratios) if with_latency else [None] * len(ratios)
+    latencies = latency_at_ratios(backbone, ratios, passes) if with_latency else [None] * len(ratios)
     backbone.set_pruning_ratios(ratios_before)
     return [detection_row(model, scorer, ratio, metrics, len(backbone.depths) - 1, latency,
                           latencies[0] / latency if with_latency else None)
@@ -186,7 +194,8 @@ def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
     cfg.load_from = str(dense_checkpoint)
     runner = Runner.from_cfg(cfg)
     runner.train()
-    return runner, cfg, evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS, with_latency=True)
+    return runner, cfg, evaluate_at_ratios(runner, 'SparseViT-Swin, adapted', scorer, EVAL_RATIOS, with_latency=True,
+                                           passes=latency_passes(args))
 
 
 def evaluated_sample(runner: Runner, index: int) -> tuple[np.ndarray, object, list[ForwardRecord]]:
@@ -290,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         segmentation = [segmentation_row(f'{SEG_MODEL}, untrained', seg_runner.test())]
         seg_runner.train()
         segmentation.append(segmentation_row(f'{SEG_MODEL}, trained', seg_runner.test(),
-                                             backbone_latency(seg_runner.model.backbone)))
+                                             backbone_latency(seg_runner.model.backbone, latency_passes(args))))
 
     adapted = {}
     for step, scorer in enumerate(SCORER_CONFIGS, start=4):

@@ -9,8 +9,11 @@ setup:
 lint: setup
 	.venv/bin/ruff check .
 
+# Two pytest-xdist workers, one per core, each running whole test files (--dist loadfile), so that a file's
+# module-scoped fixtures are made once. `make test TEST_WORKERS=0` runs the tests in pytest's own process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # Passive OpenMP waiting: with torch's default spinning, two threads on two shared cores ran the quick demo
 # 10x slower when other jobs used the cores (docs/demo.md).

@@ -36,7 +36,8 @@ step "torch 2.14.1 + torchvision 0.29.1"
 pip_install torch torchvision || fail "torch install"
 
 step "build tools, mmengine 0.10.7, timm, test and lint tools, scikit-image (the demo data's photographs)"
-pip_install "setuptools>=77,<81" wheel ninja mmengine==0.10.7 timm pytest ruff tqdm matplotlib psutil scikit-image \
+pip_install "setuptools>=77,<81" wheel ninja mmengine==0.10.7 timm pytest pytest-xdist ruff tqdm matplotlib psutil \
+    scikit-image \
     || fail "mmengine/timm install"
 
 if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then

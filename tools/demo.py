@@ -103,7 +103,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--data-dir', default='data/demo', help='where the synthetic datasets are written')
     parser.add_argument('--seed', type=int, default=0, help='seed of the data and of every runner')
     parser.add_argument('--quick', action='store_true',
-                        help='tiny data and a few iterations: checks the pipeline, not the accuracy')
+                        help='tiny data, a few iterations, one timed pass at the image size: checks the pipeline, '
+                             'not the numbers')
     return parser.parse_args(argv)
 
 

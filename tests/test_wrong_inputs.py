@@ -1,6 +1,6 @@
 """What a wrong input gets: each bad config, checkpoint, image or argument ends in one clear message.
 
-The README's table "What a wrong input gets" lists these cases with their messages.
+docs/wrong_inputs.md lists these cases with their messages.
 """
 import importlib.util
 import pickle

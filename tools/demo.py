@@ -304,9 +304,13 @@ def onnx_runtime_rows(runner: Runner, cfg: Config, work_dir: Path, scorer: str, 
         evaluator.process(detector.predict(info['img_path'], metainfo=[{'img_id': info['img_id']}]))
     metrics = evaluator.evaluate(len(dataset))
     row = detection_row('SparseViT-Swin, adapted, ONNX Runtime (whole model)', scorer, ONNX_RATIO, metrics, 0)
-    timed_path, _ = export_mask_rcnn(cfg, held_detections(model), out_dir / f'detector_{scorer.lower()}_'
-                                     f'{timing.size[0]}px_timed.onnx', timing.size, Path(cfg.filename).name,
-                                     {'pruning_ratios': ratios, 'score_thr': 0.0})
+    if tuple(timing.size) == IMAGE_SIZE:
+        # --quick times at the evaluation size: the evaluated file (its detections not held) serves
+        timed_path = path
+    else:
+        timed_path, _ = export_mask_rcnn(cfg, held_detections(model), out_dir / f'detector_{scorer.lower()}_'
+                                         f'{timing.size[0]}px_timed.onnx', timing.size, Path(cfg.filename).name,
+                                         {'pruning_ratios': ratios, 'score_thr': 0.0})
     # Idle threads that spin would take the cores from the PyTorch model timed next.
     return [TimedRow(row, OnnxDetector(timed_path, threads=torch.get_num_threads(), spinning=False))]
 

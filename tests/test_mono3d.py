@@ -40,7 +40,7 @@ from plugin.demo_data.synthetic import write_kitti_mono3d
 pytest.importorskip('mmdet3d')
 from mmdet3d.structures import CameraInstance3DBoxes, Det3DDataSample, points_cam2img  # noqa: E402
 
-from plugin.evaluation import kitti_overlaps_on_cpu, rotated_iou_cpu  # noqa: E402
+from plugin.evaluation.kitti_mono_metric import kitti_overlaps_on_cpu, rotated_iou_cpu  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'mono3d'
 CONFIGS = sorted(CONFIG_DIR.glob('*.py'))

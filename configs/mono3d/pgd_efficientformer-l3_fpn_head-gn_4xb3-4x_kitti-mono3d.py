@@ -2,7 +2,7 @@
 # backbone, its input normalisation and the neck's input widths replaced, and a KITTI metric
 # that also evaluates without a CUDA GPU.
 _base_ = 'mmdet3d::pgd/pgd_r101-caffe_fpn_head-gn_4xb3-4x_kitti-mono3d.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin', 'plugin.evaluation.kitti_mono_metric'], allow_failed_imports=False)
 
 model = dict(
     # EfficientFormer was trained on RGB images with ImageNet statistics.

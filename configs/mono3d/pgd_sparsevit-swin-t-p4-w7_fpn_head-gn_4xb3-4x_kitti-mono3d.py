@@ -2,7 +2,7 @@
 # ResNet-101 config with the backbone, its input normalisation and the neck's input widths
 # replaced, and a KITTI metric that also evaluates without a CUDA GPU.
 _base_ = 'mmdet3d::pgd/pgd_r101-caffe_fpn_head-gn_4xb3-4x_kitti-mono3d.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin', 'plugin.evaluation.kitti_mono_metric'], allow_failed_imports=False)
 
 pretrained = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth'  # noqa
 model = dict(

@@ -116,7 +116,8 @@ def stage_ratios(ratio: float, depths: Sequence[int]) -> list[float]:
 
 def demo_config(path: Path, args: argparse.Namespace, work_dir: Path) -> Config:
     """The config at ``path`` pointed at this run's data and work dir, seeded (shortened with --quick)."""
-    cfg = Config.fromfile(str(path))
+    # Unformatted config text: yapf formatting of it cost a second per runner start, train and test.
+    cfg = Config.fromfile(str(path), format_python_code=False)
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=args.seed, deterministic=True)
     task = 'coco' if cfg.default_scope == 'mmdet' else 'ade'

@@ -409,4 +409,6 @@ def onnxruntime_session(path: str | Path, threads: int | None = None, spinning: 
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Errors only: its constant folding warns about every CastLike node it leaves to run time, which is harmless.
+    options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])

@@ -50,6 +50,16 @@ def test_semantic_fpn_rows_compare_pruned_and_dense_at_the_same_weights(capsys):
 
 
 @pytest.mark.slow
+def test_mono3d_rows_run_mmdet3d_models_from_a_packed_batch():
+    args = argparse.Namespace(tasks=['fcos3d'], rows=['SparseViT-Swin-T cfg2, sparse all the way'], batches=[1],
+                              size=(96, 160), threads=None, detections=None, device=torch.device('cpu'), warmup=0,
+                              repeats=1, runtimes=['torch'], ort_batches=[1])
+    dense, sparse = whole.run(args)
+    assert (dense['model'], sparse['model']) == ('SparseViT-Swin-T dense', 'SparseViT-Swin-T cfg2, sparse all the way')
+    assert sparse['neck+heads GMACs'] < dense['neck+heads GMACs'] and sparse['whole ms'] > sparse['backbone ms'] > 0
+
+
+@pytest.mark.slow
 def test_detection_counts_are_held_equal_in_a_pair():
     task = whole.TASKS['mask-rcnn']
     dense_spec, pruned_spec = task.models[0], task.models[2]

@@ -208,7 +208,9 @@ def packed_batch(scope: str, images: Sequence[np.ndarray]) -> dict:
     else:
         raise ValueError(f'no packed batch for default_scope {scope!r}')
     inputs = [torch.from_numpy(np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1))) for image in images]
-    return dict(inputs=inputs, data_samples=[Sample(metainfo=meta) for _ in images])
+    # mmdet3d's preprocessor reads the images of a sample from a dict (Pack3DDetInputs: inputs['img']).
+    return dict(inputs=dict(img=inputs) if scope == 'mmdet3d' else inputs,
+                data_samples=[Sample(metainfo=meta) for _ in images])
 
 
 def counted_outputs(outputs: Sequence) -> str:

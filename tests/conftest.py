@@ -1,4 +1,5 @@
 """Fixtures shared by several test modules, and the threads of the test processes."""
+import functools
 import multiprocessing
 import os
 
@@ -12,6 +13,49 @@ def pytest_configure(config: pytest.Config) -> None:
     # ONNX Runtime sessions follow torch's thread count.
     if os.environ.get('PYTEST_XDIST_WORKER'):
         torch.set_num_threads(1)
+    _find_external_configs_once()
+    _build_the_onnx_registry_once()
+
+
+def _find_external_configs_once() -> None:
+    """mmengine finds each ``mmdet::``/``mmseg::`` config a config inherits by reading all that package's model
+    metafiles again (mmdet: some 70 YAML files, about 0.3 s); the tests read hundreds of configs, so each answer
+    (the config's metainfo, or the ValueError that sends mmengine to the package's _base_ folder) is kept."""
+    from mmengine.config import utils
+
+    find = utils._get_cfg_metainfo
+
+    @functools.cache
+    def found(package_path: str, cfg_path: str) -> tuple[dict | None, ValueError | None]:
+        try:
+            return find(package_path, cfg_path), None
+        except ValueError as error:
+            return None, error
+
+    def find_once(package_path: str, cfg_path: str) -> dict:
+        metainfo, error = found(package_path, cfg_path)
+        if error is not None:
+            raise error
+        return metainfo
+
+    utils._get_cfg_metainfo = find_once
+
+
+def _build_the_onnx_registry_once() -> None:
+    """``torch.onnx.export`` builds its operator registry from torchlib on every call (about 1 s); no test
+    registers its own translations, so one registry per opset serves every export."""
+    from torch.onnx._internal.exporter import _registration
+
+    build = _registration.ONNXRegistry.from_torchlib.__func__
+    registries = {}
+
+    def from_torchlib_once(cls, *args, **kwargs):
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        if key not in registries:
+            registries[key] = build(cls, *args, **kwargs)
+        return registries[key]
+
+    _registration.ONNXRegistry.from_torchlib = classmethod(from_torchlib_once)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -50,7 +50,8 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     detection = results['detection']
     for model in ('SparseViT-Swin, untrained', 'SparseViT-Swin, dense training'):
         assert [r['pruning ratio'] for r in detection if r['model'] == model] == list(demo.UNADAPTED_RATIOS)
-    sparse_name = 'SparseViT-Swin, adapted, sparse all the way (skipped tiles: coarser)'
+    sparse_name = 'SparseViT-Swin, adapted, sparse all the way (skipped tiles: zero)'
+    fine_tuned_name = 'SparseViT-Swin, adapted, sparse all the way, fine-tuned sparse (skipped tiles: zero)'
     for scorer in demo.SCORER_CONFIGS:
         adapted = [r for r in detection if r['model'] == 'SparseViT-Swin, adapted' and r['scorer'] == scorer]
         assert [r['pruning ratio'] for r in adapted] == list(demo.EVAL_RATIOS)
@@ -63,8 +64,12 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
             backbone_only = next(r for r in adapted if r['pruning ratio'] == row['pruning ratio'])
             assert {k: v for k, v in row.items() if k.startswith(('coverage', 'kept area'))} == \
                 {k: v for k, v in backbone_only.items() if k.startswith(('coverage', 'kept area'))}
-            assert row['whole GMACs'] < backbone_only['whole GMACs']
-        assert [r['pruning ratio'] for r in detection if r['scorer'] == scorer and 'skipped tiles: zero' in
+        fine_tuned = [r for r in detection if r['model'] == fine_tuned_name and r['scorer'] == scorer]
+        assert [r['pruning ratio'] for r in fine_tuned] == list(demo.SPARSE_RATIOS)
+        for row in fine_tuned:
+            backbone_only = next(r for r in adapted if r['pruning ratio'] == row['pruning ratio'])
+            assert row['whole GMACs'] < backbone_only['whole GMACs'] and row['whole ms'] > row['backbone ms'] > 0
+        assert [r['pruning ratio'] for r in detection if r['scorer'] == scorer and 'skipped tiles: coarser' in
                 r['model']] == [demo.PICTURE_RATIO]
     onnx = [r for r in detection if 'ONNX Runtime' in r['model']]
     assert len(onnx) == 1 and onnx[0]['whole ms'] > 0
@@ -88,7 +93,7 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     table = (work_dir / 'results.md').read_text()
     assert '| coverage s1 | coverage s2 | coverage s3 | kept area s1 |' in table
     assert table.count('| SparseViT-Swin, adapted |') == 2 * len(demo.EVAL_RATIOS)
-    assert table.count(f'| {sparse_name} |') == 2 * len(demo.SPARSE_RATIOS)
+    assert table.count(f'| {sparse_name} |') == table.count(f'| {fine_tuned_name} |') == 2 * len(demo.SPARSE_RATIOS)
     assert f'{results["wall_time_s"]:.0f} s' in table
     pictures = sorted(p.name for p in work_dir.glob('*.png'))
     assert pictures == sorted([f'detection_windows_{i}.png' for i in range(demo.NUM_PICTURES)]
@@ -103,5 +108,10 @@ def test_quick_demo_writes_tables_with_coverage_and_pictures(demo, tmp_path, one
     assert [line.split()[1] for line in steps] == [f'{step}/7' for step in range(1, 8)]
     assert table in terminal.out and ' - mmengine - ' not in terminal.out + terminal.err
     assert str(work_dir / 'demo.log') in terminal.out
-    assert 'adapt_l2 train: 100%' in terminal.err
-    assert ' - mmengine - INFO - Iter(train)' in (work_dir / 'demo.log').read_text()
+    assert 'adapt_l2 train: 100%' in terminal.err and 'finetune_learned train: 100%' in terminal.err
+    logged = (work_dir / 'demo.log').read_text()
+    assert ' - mmengine - INFO - Iter(train)' in logged
+    # the adapted weights reach both the sparse tests and the sparse fine-tuning (a runner that tested first
+    # would train from re-initialised weights)
+    for scorer in ('l2', 'learned'):
+        assert logged.count(f'Load checkpoint from {work_dir}/adapt_{scorer}/iter_{demo.QUICK_ITERS}.pth') == 2

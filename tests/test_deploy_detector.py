@@ -48,6 +48,7 @@ from plugin.deploy import (
     example_inputs,
     mmdet_predict,
     paste_masks,
+    with_exact_resize,
 )
 from plugin.deploy.runner import detection_test_pipeline
 from plugin.search.evaluation import build_model
@@ -472,3 +473,13 @@ def test_export_tool_reports_detectors_it_cannot_export_in_one_line(exported, ba
     assert run_tool(tool('export').main, argv) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(r'\S+: error: ', last_line) and message in last_line, last_line
+
+
+def test_with_exact_resize_makes_every_test_resize_exact_and_leaves_the_config_alone():
+    cfg = Config(dict(
+        test_pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(1333, 800), keep_ratio=True)],
+        test_dataloader=dict(dataset=dict(pipeline=[dict(type='mmdet.Resize', scale_factor=0.5, keep_ratio=True)]))))
+    resized = with_exact_resize(cfg, (672, 480))
+    assert resized.test_pipeline[1] == dict(type='Resize', scale=(480, 672), keep_ratio=False)
+    assert resized.test_dataloader.dataset.pipeline[0] == dict(type='mmdet.Resize', scale=(480, 672), keep_ratio=False)
+    assert cfg.test_pipeline[1] == dict(type='Resize', scale=(1333, 800), keep_ratio=True)

@@ -145,14 +145,16 @@ def test_sparse_mask_rcnn_with_pruning_passes_the_backbone_tiles_to_neck_and_rpn
         assert len(model.test_step(batch)[0].pred_instances) > 0
 
 
-@pytest.mark.parametrize('scorer', ['l2', 'learned'])
+@pytest.mark.parametrize('scorer', ['l2', 'learned', 'learned, frozen'])
 def test_sparse_mask_rcnn_trains_every_neck_and_head_parameter(detectors, scorer):
-    """One training step with pruning: the neck and RPN run on tiles (the learned scorer in training runs every
-    window, so there they run densely) and every parameter of both gets a gradient; the backbone's loss joins."""
+    """One training step with pruning: the neck and RPN run on tiles and every parameter of both gets a
+    gradient. The learned scorer in training runs every window, so there they run densely, and its keep-ratio
+    loss joins; frozen (freeze_scorer), it ranks as at inference, takes no gradient and adds no loss."""
     _, sparse = detectors
     init_default_scope('mmdet')
     model_cfg = as_sparse(tiny_model_cfg('detection'), 'SparseMaskRCNN')
-    model_cfg.backbone.update(scorer=scorer, pruning_ratios=RATIOS)
+    model_cfg.backbone.update(scorer=scorer.split(',')[0], freeze_scorer=scorer.endswith('frozen'),
+                              pruning_ratios=RATIOS)
     model = MODELS.build(model_cfg)
     model.train()
     batch = detection_batch()
@@ -173,6 +175,17 @@ def test_sparse_mask_rcnn_trains_every_neck_and_head_parameter(detectors, scorer
     untrained = [name for name, param in model.named_parameters()
                  if name.startswith(('neck.', 'rpn_head.')) and (param.grad is None or not param.grad.any())]
     assert not untrained
+    scorer_grads = [param.grad for name, param in model.named_parameters() if '.window_scorer.' in name]
+    assert bool(scorer_grads) == scorer.startswith('learned')
+    assert all(grad is None for grad in scorer_grads) == (scorer != 'learned')
+
+
+def test_freeze_scorer_needs_the_learned_scorer():
+    init_default_scope('mmdet')
+    backbone_cfg = tiny_model_cfg('detection').backbone
+    backbone_cfg.update(scorer='l2', freeze_scorer=True)
+    with pytest.raises(ValueError, match="freeze_scorer=True freezes the learned window scorer; scorer='l2'"):
+        MODELS.build(backbone_cfg)
 
 
 def test_sparse_semantic_fpn_is_mmseg_without_pruning_and_on_every_tile_and_prunes():
@@ -226,8 +239,12 @@ def test_every_sparse_config_switches_its_base_to_sparse_all_the_way():
         for part in ('rpn_head', 'bbox_head'):
             if part in cfg.model:
                 assert cfg.model[part].type == 'Sparse' + base.model[part].type, path.name
-        assert cfg.get('find_unused_parameters') == base.get('find_unused_parameters'), path.name
-        for key in ('backbone', 'data_preprocessor', 'train_cfg', 'test_cfg', 'roi_head', 'decode_head'):
+        # the learned scorer's config freezes the scorer, whose parameters then need no find_unused_parameters
+        frozen = cfg.model.backbone.get('freeze_scorer', False)
+        assert frozen == ('learned-scorer' in path.name), path.name
+        assert cfg.get('find_unused_parameters') == (base.get('find_unused_parameters') and not frozen), path.name
+        assert {k: v for k, v in cfg.model.backbone.items() if k != 'freeze_scorer'} == base.model.backbone
+        for key in ('data_preprocessor', 'train_cfg', 'test_cfg', 'roi_head', 'decode_head'):
             assert cfg.model.get(key) == base.model.get(key), (path.name, key)
 
 

@@ -54,14 +54,10 @@ def fpns():
 
 
 def reference_outputs(fpn: FPN, features, tiles, fill: str) -> list[torch.Tensor]:
-    """What SparseFPN gives, computed densely: laterals zero on skipped tiles, mmdet's top-down sum, outputs
-    of skipped tiles from the next coarser output (nearest) or zero, the coarsest level's zero."""
+    """What SparseFPN gives, computed densely: mmdet's FPN outputs on kept tiles; on skipped tiles the next
+    coarser output of this reference (nearest) or zero, the coarsest level's zero."""
     masks = [None if t is None else t.mask().unsqueeze(1) for t in tiles]
-    laterals = [conv(x) if mask is None else conv(x) * mask
-                for conv, x, mask in zip(fpn.lateral_convs, features, masks)]
-    for i in range(len(laterals) - 1, 0, -1):
-        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:])
-    outs = [conv(lateral) for conv, lateral in zip(fpn.fpn_convs, laterals)]
+    outs = list(fpn(features))[:len(features)]
     for i in range(len(outs) - 1, -1, -1):
         if masks[i] is not None:
             coarser = i + 1 < len(outs) and fill == 'coarser'

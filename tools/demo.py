@@ -8,7 +8,8 @@
 5. from the same checkpoint, with the same schedule, with the learned window scorer; evaluates both at
    several pruning ratios: AP and the share of the ground-truth object pixels that lie in the kept windows
    of each stage (object coverage, ObjectCoverageHook), with sparsity in the backbone only and sparse all the
-   way (SparseFPN and SparseRPNHead compute only the kept windows, the same weights);
+   way (SparseFPN and SparseRPNHead compute only the kept windows): with the adapted weights, then fine-tuned
+   sparse all the way with the same schedule (the learned scorer frozen);
 6. exports the L2-adapted detector whole to ONNX and evaluates it in ONNX Runtime (plugin.deploy), then times
    every detection row at 672x672 in one alternating loop, backbone and whole model from the same passes
    (detection counts held), beside their MACs;
@@ -21,7 +22,7 @@ The terminal shows a line per step, a progress bar per training run and test, th
 pictures and logs are; what the libraries print (mmengine's runner logs among it) goes to --work-dir's
 demo.log, and each runner also writes its own mmengine log under its work dir (det/, seg/, adapt_*/).
 
-    python tools/demo.py             # the full demo (`make demo`), under 20 minutes on 2 CPU cores
+    python tools/demo.py             # the full demo (`make demo`), 40-55 minutes on 2 CPU cores
     python tools/demo.py --quick     # a smoke run on tiny data with a few iterations (the tests use it)
 """
 import argparse
@@ -51,7 +52,7 @@ from tqdm import tqdm
 
 from plugin.benchmarks.whole import PartTimer, alternating_part_latencies, packed_batch, photographs
 from plugin.demo_data import make_demo_data
-from plugin.deploy import OnnxDetector, export_mask_rcnn
+from plugin.deploy import OnnxDetector, export_mask_rcnn, with_exact_resize
 from plugin.models.utils.records import ForwardRecord, recording
 from plugin.utils import count_macs_per_module, markdown_table
 from plugin.utils.cli import HelpFormatter, run_tool
@@ -69,7 +70,8 @@ DET_CONFIG = CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_demo-shapes.py'
 SEG_CONFIG = CONFIG_DIR / 'fpn_efficientformerv2-s0_demo-shapes.py'
 SCORER_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_saa_demo-shapes.py',
                   'learned': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_learned-scorer_saa_demo-shapes.py'}
-# The same detectors sparse all the way (SparseFPN, SparseRPNHead), tested from the adaptations' checkpoints.
+# The same detectors sparse all the way (SparseFPN, SparseRPNHead), tested from the adaptations' checkpoints,
+# then fine-tuned sparse all the way.
 SPARSE_CONFIGS = {'L2': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_sparse-neck_saa_demo-shapes.py',
                   'learned': CONFIG_DIR / 'mask-rcnn_sparsevit-swin-mini_learned-scorer_sparse-neck_saa_demo-shapes.py'}
 SEG_MODEL = 'EfficientFormerV2-S0'
@@ -77,7 +79,7 @@ EVAL_RATIOS = (0.0, 0.3, 0.5, 0.7)
 SPARSE_RATIOS = (0.3, 0.5, 0.7)
 PICTURE_RATIO = 0.5
 # What a skipped tile's FPN output is: the configs' choice, and the other one measured at PICTURE_RATIO.
-FILLS = ('coarser', 'zero')
+FILLS = ('zero', 'coarser')
 # The detector exported whole and evaluated in ONNX Runtime.
 ONNX_SCORER, ONNX_RATIO = 'L2', 0.5
 # The detector before adaptation is tested dense and at PICTURE_RATIO with the L2 scorer, which it has.
@@ -96,7 +98,8 @@ LATENCY_SIZE = (672, 672)
 LATENCY_REPEATS = 7
 NUM_STEPS = 7
 # The runners' work dirs under --work-dir, each with its mmengine log.
-RUN_DIRS = ('det', 'seg', *(f'{kind}_{scorer.lower()}' for kind in ('adapt', 'sparse') for scorer in SCORER_CONFIGS))
+RUN_DIRS = ('det', 'seg', *(f'{kind}_{scorer.lower()}' for kind in ('adapt', 'sparse', 'finetune')
+                             for scorer in SCORER_CONFIGS))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -269,27 +272,34 @@ def adapt_and_evaluate(scorer: str, args: argparse.Namespace, work_dir: Path,
     return runner, cfg, [TimedRow(row, timed, ratio) for row, ratio in zip(rows, EVAL_RATIOS)]
 
 
-def evaluate_sparse_all_the_way(scorer: str, args: argparse.Namespace, work_dir: Path,
-                                adapted_checkpoint: Path) -> list[TimedRow]:
-    """The adapted detector sparse all the way (same weights): a test at every SPARSE_RATIOS, and at
-    PICTURE_RATIO with the other fill of skipped tiles."""
+def sparse_all_the_way(scorer: str, args: argparse.Namespace, work_dir: Path,
+                       adapted_checkpoint: Path) -> list[TimedRow]:
+    """The adapted detector sparse all the way: with its weights as adapted, a test at every SPARSE_RATIOS and
+    at PICTURE_RATIO with the other fill of skipped tiles; then fine-tuned sparse all the way with the
+    adaptation's schedule and random sparsities (the learned scorer frozen), a test at every SPARSE_RATIOS,
+    whose rows are timed."""
     cfg = demo_config(SPARSE_CONFIGS[scorer], args, work_dir / f'sparse_{scorer.lower()}')
     cfg.load_from = str(adapted_checkpoint)
     runner = Runner.from_cfg(cfg)
     neck = runner.model.neck
-    name = f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {neck.fill_skipped})'
-    rows = evaluate_at_ratios(runner, name, scorer, SPARSE_RATIOS)
-    timed = held_detections(runner.model)
-    entries = [TimedRow(row, timed, ratio) for row, ratio in zip(rows, SPARSE_RATIOS)]
     configured = neck.fill_skipped
-    for fill in FILLS:
-        if fill != configured:
-            neck.fill_skipped = fill
-            entries += [TimedRow(row) for row in evaluate_at_ratios(
-                runner, f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {fill})', scorer,
-                (PICTURE_RATIO, ))]
+    entries = []
+    for fill in (configured, *(fill for fill in FILLS if fill != configured)):
+        neck.fill_skipped = fill
+        entries += [TimedRow(row) for row in evaluate_at_ratios(
+            runner, f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {fill})', scorer,
+            SPARSE_RATIOS if fill == configured else (PICTURE_RATIO, ))]
     neck.fill_skipped = configured
-    return entries
+    # A runner of its own: Runner.train() initialises the weights again and loads load_from only if nothing
+    # was loaded before, which the tests above did.
+    cfg = demo_config(SPARSE_CONFIGS[scorer], args, work_dir / f'finetune_{scorer.lower()}')
+    cfg.load_from = str(adapted_checkpoint)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    rows = evaluate_at_ratios(runner, f'SparseViT-Swin, adapted, sparse all the way, fine-tuned sparse (skipped '
+                                      f'tiles: {configured})', scorer, SPARSE_RATIOS)
+    timed = held_detections(runner.model)
+    return entries + [TimedRow(row, timed, ratio) for row, ratio in zip(rows, SPARSE_RATIOS)]
 
 
 def onnx_runtime_rows(runner: Runner, cfg: Config, work_dir: Path, scorer: str, timing: Timing) -> list[TimedRow]:
@@ -316,7 +326,9 @@ def onnx_runtime_rows(runner: Runner, cfg: Config, work_dir: Path, scorer: str, 
         # --quick times at the evaluation size: the evaluated file (its detections not held) serves
         timed_path = path
     else:
-        timed_path, _ = export_mask_rcnn(cfg, held_detections(model), out_dir / f'detector_{scorer.lower()}_'
+        # resizing to the timing size exactly: the file runs the 672 photograph as the PyTorch rows do
+        timed_path, _ = export_mask_rcnn(with_exact_resize(cfg, timing.size), held_detections(model),
+                                         out_dir / f'detector_{scorer.lower()}_'
                                          f'{timing.size[0]}px_timed.onnx', timing.size, Path(cfg.filename).name,
                                          {'pruning_ratios': ratios, 'score_thr': 0.0})
     # Idle threads that spin would take the cores from the PyTorch model timed next.
@@ -429,13 +441,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     adapted = {}
     for step, scorer in enumerate(SCORER_CONFIGS, start=4):
         with demo_step(step, f'sparsity-aware adaptation with the {scorer} window scorer, then evaluation at '
-                             f'pruning ratios {EVAL_RATIOS}, and sparse all the way at {SPARSE_RATIOS}', log,
+                             f'pruning ratios {EVAL_RATIOS}; sparse all the way at {SPARSE_RATIOS}, as adapted and '
+                             f'fine-tuned sparse', log,
                        terminal):
             runner, cfg, rows = adapt_and_evaluate(scorer, args, work_dir, dense_checkpoint)
             adapted[scorer] = (runner, cfg)
             detection += rows
             adapted_checkpoint = Path(cfg.work_dir) / f'iter_{cfg.train_cfg.max_iters}.pth'
-            detection += evaluate_sparse_all_the_way(scorer, args, work_dir, adapted_checkpoint)
+            detection += sparse_all_the_way(scorer, args, work_dir, adapted_checkpoint)
 
     timing = Timing(IMAGE_SIZE, 0, 1) if args.quick else Timing(LATENCY_SIZE, 2, LATENCY_REPEATS)
     with demo_step(6, f'ONNX Runtime (the {ONNX_SCORER}-adapted detector whole at ratio {ONNX_RATIO:g}), then the '

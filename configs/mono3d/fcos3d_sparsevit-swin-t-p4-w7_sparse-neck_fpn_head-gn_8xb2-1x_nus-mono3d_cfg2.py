@@ -6,5 +6,5 @@ custom_imports = dict(imports=['plugin', 'plugin.models.detectors.sparse_fcos_mo
 
 model = dict(
     type='SparseFCOSMono3D',
-    neck=dict(type='SparseFPN', fill_skipped='coarser'),
+    neck=dict(type='SparseFPN', fill_skipped='zero'),
     bbox_head=dict(type='SparseFCOSMono3DHead'))

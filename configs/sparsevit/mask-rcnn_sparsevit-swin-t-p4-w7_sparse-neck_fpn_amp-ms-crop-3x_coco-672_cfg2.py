@@ -6,5 +6,5 @@ custom_imports = dict(imports=['plugin', 'plugin.models.detectors.sparse_mask_rc
 model = dict(
     type='SparseMaskRCNN',
     # A skipped tile's FPN output is the coarser level upsampled ('zero': zero), which the RoI heads read.
-    neck=dict(type='SparseFPN', fill_skipped='coarser'),
+    neck=dict(type='SparseFPN', fill_skipped='zero'),
     rpn_head=dict(type='SparseRPNHead'))

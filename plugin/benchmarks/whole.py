@@ -29,7 +29,6 @@ threads, every ONNX Runtime model timed in one alternating loop (idle threads do
 exported logits and the mono-3D heads (mmcv's deformable convolution does not export) have no ONNX Runtime rows.
 """
 import argparse
-import copy
 import dataclasses
 import statistics
 import tempfile
@@ -349,15 +348,25 @@ def onnx_runtime_latencies(models: dict[str, nn.Module], specs: dict[str, WholeM
     """Per Mask R-CNN, ONNX Runtime's median ms from the images to the detections ('total') and of its backbone
     exported alone ('backbone'), every file timed in one alternating loop; and the detections per image. A model
     that does not export is left out with its reason printed."""
-    from ..deploy import ExportError, FeatureExtractor, OnnxDetector, export_mask_rcnn, load_runner, save, trace
+    from ..deploy import (
+        ExportError,
+        FeatureExtractor,
+        OnnxDetector,
+        export_mask_rcnn,
+        load_runner,
+        save,
+        trace,
+        with_exact_resize,
+    )
     runs, counts, names = [], {}, []
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as directory:
         for index, (name, model) in enumerate(tqdm(models.items(), desc=f'exporting to ONNX (batch {batch})',
                                                    unit='model', leave=False)):
             try:
-                path, _ = export_mask_rcnn(resized_to(model.cfg, size), model, Path(directory) / f'{index}.onnx', size,
-                                           specs[name].config, dict(specs[name].backbone), batch)
+                path, _ = export_mask_rcnn(with_exact_resize(model.cfg, size), model,
+                                           Path(directory) / f'{index}.onnx', size, specs[name].config,
+                                           dict(specs[name].backbone), batch)
             except (ExportError, TypeError, ValueError) as error:
                 print(f'ONNX Runtime: {name} has no row, its export failed: {error}')
                 continue
@@ -376,18 +385,6 @@ def onnx_runtime_latencies(models: dict[str, nn.Module], specs: dict[str, WholeM
     for (name, part), latency in zip(names, timed):
         latencies.setdefault(name, {})[part] = latency['total']
     return latencies, counts
-
-
-def resized_to(cfg, size: tuple[int, int]):
-    """A copy of a detection config whose test pipeline resizes to ``size`` (H, W) exactly: the benchmark's images
-    have that size already, so the exported runner resizes nothing, as the PyTorch rows' packed batch."""
-    cfg = copy.deepcopy(cfg)
-    pipelines = [cfg.get('test_pipeline') or [], cfg.test_dataloader.dataset.get('pipeline') or []]
-    for transform in (transform for pipeline in pipelines for transform in pipeline):
-        if str(transform.get('type', '')).split('.')[-1] == 'Resize':
-            transform.update(scale=(size[1], size[0]), keep_ratio=False)
-            transform.pop('scale_factor', None)
-    return cfg
 
 
 def _milliseconds(run: Callable[[], object]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from .detector import (
     export_mask_rcnn,
     mmdet_predict,
     random_check_inputs,
+    with_exact_resize,
 )
 from .export import (
     EXPORTABLE_BACKBONES,
@@ -49,4 +50,4 @@ __all__ = ['EXPORTABLE_BACKBONES', 'FORMATS', 'INPUT_NAMES', 'METADATA_KEY', 'OU
            'check_any_size', 'check_backbone', 'check_mask_rcnn', 'compare_detections', 'compare_with_pytorch',
            'detector_settings', 'example_inputs', 'export_mask_rcnn', 'feature_extractor', 'load_runner',
            'mmdet_predict', 'onnxruntime_session', 'paste_masks', 'random_check_inputs', 'read_image',
-           'relative_differences', 'save', 'segmentor_logits', 'trace']
+           'relative_differences', 'save', 'segmentor_logits', 'trace', 'with_exact_resize']

@@ -24,6 +24,7 @@ Variable counts (candidates above a threshold, NMS survivors, RoIs per level) ar
 graph; every tensor that leaves a stage has a fixed size with a validity mask, so the file has static shapes.
 mmdet and mmcv are imported lazily: ``plugin.deploy`` imports without mmcv's compiled ops.
 """
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -340,6 +341,19 @@ def dataset_metainfo(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError('the config\'s test dataset names no classes (metainfo.classes)')
     return {'classes': [str(name) for name in metainfo['classes']],
             'palette': [list(colour) for colour in metainfo['palette']] if metainfo.get('palette') else None}
+
+
+def with_exact_resize(cfg: Mapping[str, Any], size: Sequence[int]) -> Any:
+    """A copy of a detection config whose test pipeline resizes to ``size`` (H, W) exactly, without keeping the
+    aspect ratio: an exported file then runs images of that size as they are, as a packed batch of them runs
+    in PyTorch (the benchmarks time both at one size)."""
+    cfg = copy.deepcopy(cfg)
+    pipelines = [cfg.get('test_pipeline') or [], cfg.test_dataloader.dataset.get('pipeline') or []]
+    for transform in (transform for pipeline in pipelines for transform in pipeline):
+        if str(transform.get('type', '')).split('.')[-1] == 'Resize':
+            transform.update(scale=(size[1], size[0]), keep_ratio=False)
+            transform.pop('scale_factor', None)
+    return cfg
 
 
 def detector_settings(cfg: Mapping[str, Any], model: nn.Module, input_size: Sequence[int], config_name: str,

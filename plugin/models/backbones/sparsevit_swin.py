@@ -360,7 +360,9 @@ class SparseSwinBlockSequence(BaseModule):
                     # A copy: the predictor keeps its input for backward, the blocks overwrite the buffer.
                     log_odds = self._learned_window_log_odds(tokens.clone(), hw_shape, grids)
                     rankings = {shift: windows_by_score(scores) for shift, scores in log_odds.items()}
-                    if self.training:
+                    # A frozen scorer (eval mode: freeze_scorer) ranks as at inference, so the blocks keep
+                    # top-k sets that a sparse neck and heads train on.
+                    if self.training and self.window_scorer.training:
                         perturbed_scores = {shift: scores + sample_logistic_noise(scores)
                                             for shift, scores in log_odds.items()}
             if perturbed_scores is not None and ratio > 0:
@@ -465,6 +467,10 @@ class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
             by a DynamicViT-style predictor per stage, trained with nested hard
             decisions and ``loss_window_keep_ratio`` (see :meth:`auxiliary_losses`).
         keep_ratio_loss_weight (float): Weight of that loss.
+        freeze_scorer (bool): With ``scorer='learned'``: the predictors get no
+            gradient and rank in training as at inference (each block runs its
+            top-k windows), to fine-tune the rest, e.g. with a sparse neck and
+            heads (``SparseFPN``), on the windows inference will keep.
         arch (str, optional): 'tiny', 'small' or 'base' sets ``embed_dims``,
             ``depths`` and ``num_heads``; an explicit one of them must then agree
             with it. Without ``arch`` they default to Swin-T's (96, (2, 2, 6, 2),
@@ -509,6 +515,7 @@ class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
                  pruning_ratios: float | Sequence | str = 0.,
                  scorer: str = 'l2',
                  keep_ratio_loss_weight: float = 2.,
+                 freeze_scorer: bool = False,
                  arch: str | None = None,
                  init_cfg: dict | None = None) -> None:
         embed_dims, depths, num_heads = resolve_arch(
@@ -527,6 +534,9 @@ class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
         if scorer not in ('l2', 'learned'):
             raise ValueError(f"scorer must be 'l2' (the paper's activation norm) or 'learned' "
                              f"(a DynamicViT-style predictor), got {scorer!r}")
+        if freeze_scorer and scorer != 'learned':
+            raise ValueError(f"freeze_scorer=True freezes the learned window scorer; scorer={scorer!r} has none "
+                             f"(use scorer='learned')")
         if pretrained is not None:
             if not isinstance(pretrained, str):
                 raise TypeError(f'pretrained must be a str (a checkpoint path or URL) or None, got {pretrained!r}')
@@ -538,6 +548,7 @@ class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
 
         self.convert_weights = convert_weights
         self.frozen_stages = frozen_stages
+        self.freeze_scorer = freeze_scorer
         self.out_indices = tuple(out_indices)
         self.use_abs_pos_embed = use_abs_pos_embed
         self.keep_ratio_loss_weight = keep_ratio_loss_weight
@@ -632,6 +643,8 @@ class SparseViTSwin(PretrainedInitMixin, WindowSparseBackbone, BaseModule):
             self.drop_after_pos.eval()
         for i in range(1, self.frozen_stages + 1):
             freeze([self.stages[i - 1]] + ([getattr(self, f'norm{i - 1}')] if (i - 1) in self.out_indices else []))
+        if self.freeze_scorer:
+            freeze(stage.window_scorer for stage in self.stages)
 
     def default_init(self) -> None:
         """Swin's initialisation; ``init_weights`` then applies ``init_cfg`` (``PretrainedInitMixin``)."""

@@ -20,22 +20,24 @@ def pytest_configure(config: pytest.Config) -> None:
 def _find_external_configs_once() -> None:
     """mmengine finds each ``mmdet::``/``mmseg::`` config a config inherits by reading all that package's model
     metafiles again (mmdet: some 70 YAML files, about 0.3 s); the tests read hundreds of configs, so each answer
-    (the config's metainfo, or the ValueError that sends mmengine to the package's _base_ folder) is kept."""
+    (the config's metainfo, or the message of the ValueError that sends mmengine to the package's _base_ folder)
+    is kept. The message, not the error: a raised error keeps the frames it passed through, and with them every
+    test's model (a worker grew to 19.6 GB and was killed)."""
     from mmengine.config import utils
 
     find = utils._get_cfg_metainfo
 
     @functools.cache
-    def found(package_path: str, cfg_path: str) -> tuple[dict | None, ValueError | None]:
+    def found(package_path: str, cfg_path: str) -> tuple[dict | None, str | None]:
         try:
             return find(package_path, cfg_path), None
         except ValueError as error:
-            return None, error
+            return None, str(error)
 
     def find_once(package_path: str, cfg_path: str) -> dict:
-        metainfo, error = found(package_path, cfg_path)
-        if error is not None:
-            raise error
+        metainfo, message = found(package_path, cfg_path)
+        if message is not None:
+            raise ValueError(message)
         return metainfo
 
     utils._get_cfg_metainfo = find_once

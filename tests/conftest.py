@@ -64,7 +64,8 @@ def _build_the_onnx_registry_once() -> None:
 def _leave_config_text_unformatted() -> None:
     """mmengine formats a config's text with yapf (about 0.7 s) every time a runner logs or dumps it and every time
     it saves a checkpoint; the tests read those configs back but never their layout, and the unformatted text is
-    the same Python (yapf was 47 of the quick demo's 160 s)."""
+    the same Python (yapf was 47 of the quick demo's 160 s). Patched here because mmengine 0.10.7's
+    ``Config.fromfile`` ignores its ``format_python_code`` argument."""
     from mmengine.config import config
 
     def unformatted(text: str, **_) -> tuple[str, bool]:

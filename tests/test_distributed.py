@@ -150,7 +150,7 @@ def test_adaptation_applies_the_same_ratios_on_every_rank_and_resumes_the_sequen
 
     # One process resumes the run at iteration 2 with another runner seed: it continues the sequence.
     monkeypatch.syspath_prepend(str(WORKERS))
-    resumed = Config.fromfile(str(config), format_python_code=False)
+    resumed = Config.fromfile(str(config))
     resumed.update(work_dir=str(tmp_path / 'resumed'), resume=True, load_from=str(tmp_path / 'work/iter_2.pth'),
                    randomness=dict(seed=11))
     resumed.custom_hooks[-1].tag = 'resumed'

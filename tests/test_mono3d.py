@@ -172,7 +172,7 @@ def test_kitti_config_trains_and_tests_through_the_runner(synthetic_kitti: Path,
     from mmengine.runner import Runner
 
     config_path = next(p for p in CONFIGS if p.name.startswith('pgd_sparsevit') and 'cfg' not in p.stem)
-    cfg = Config.fromfile(str(config_path), format_python_code=False)
+    cfg = Config.fromfile(str(config_path))
     cfg.model = narrowed(cfg.model, HEAD_CHANNELS)
     cfg.model.backbone.init_cfg = None
     for split, loader in (('train', cfg.train_dataloader), ('val', cfg.test_dataloader)):

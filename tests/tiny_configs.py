@@ -20,7 +20,7 @@ TRAIN_ITERS = 4
 
 def tiny_detection_cfg(data_root: Path, work_dir: Path) -> Config:
     """The detection SAA config at toy sizes, on the synthetic shapes."""
-    cfg = Config.fromfile(str(DET_SAA_CONFIG), format_python_code=False)
+    cfg = Config.fromfile(str(DET_SAA_CONFIG))
     cfg.model.backbone.update(TINY_BACKBONE, convert_weights=False, init_cfg=None)
     cfg.model.neck.update(in_channels=[16, 32, 64, 128], out_channels=16)
     cfg.model.rpn_head.update(in_channels=16, feat_channels=16)
@@ -55,7 +55,7 @@ def tiny_detection_cfg(data_root: Path, work_dir: Path) -> Config:
 
 def tiny_segmentation_cfg(data_root: Path, work_dir: Path) -> Config:
     """The Semantic FPN SAA config at toy sizes, on the synthetic shapes."""
-    cfg = Config.fromfile(str(SEG_SAA_CONFIG), format_python_code=False)
+    cfg = Config.fromfile(str(SEG_SAA_CONFIG))
     cfg.model.backbone.update(TINY_BACKBONE, arch=None, convert_weights=False, init_cfg=None)
     cfg.model.data_preprocessor.size = IMAGE_SIZE
     cfg.model.neck.update(in_channels=[16, 32, 64, 128], out_channels=16)

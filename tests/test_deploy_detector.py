@@ -293,11 +293,13 @@ def test_eager_module_equals_mmdet_predict_on_a_batch_of_two(exported):
         assert torch.equal(labels[image, :count], reference.pred_instances.labels)
 
 
-def test_pasted_masks_equal_mmdet_paste_bit_for_bit():
+@pytest.mark.parametrize('spread', [0.5, 1e-6], ids=['uniform', 'at-the-threshold'])
+def test_pasted_masks_equal_mmdet_paste_bit_for_bit(spread):
     """paste_masks (numpy) against mmdet's _do_paste_mask on the CPU, box by box: boxes inside, across the border,
-    thin, of zero width and the whole image (mmdet's boxes lie in the image: it cannot paste one outside)."""
+    thin, of zero width and the whole image (mmdet's boxes lie in the image: it cannot paste one outside).
+    Probabilities within ``spread`` of the threshold 0.5; at 1e-6 most pixels are decided by the float32 path."""
     generator = torch.Generator().manual_seed(0)
-    probabilities = torch.rand(7, 28, 28, generator=generator)
+    probabilities = 0.5 + spread * (2 * torch.rand(7, 28, 28, generator=generator) - 1)
     boxes = torch.tensor([[10.3, 5.7, 60.2, 44.9], [-8.5, 30.1, 25.4, 71.0], [70.2, 60.3, 95.0, 90.5],
                           [33.0, 20.0, 33.0, 50.0], [40.1, 10.2, 41.3, 12.0], [0.0, 0.0, 90.0, 75.0],
                           [85.5, 2.0, 90.0, 74.6]])
@@ -308,7 +310,7 @@ def test_pasted_masks_equal_mmdet_paste_bit_for_bit():
                                         skip_empty=True)
         expected[(slice(index, index + 1), ) + region] = pasted >= 0.5
     masks = paste_masks(probabilities.numpy(), boxes.numpy(), height, width, 0.5)
-    assert masks.any() and np.array_equal(masks, expected.numpy())
+    assert masks.any() and not masks.all() and np.array_equal(masks, expected.numpy())
 
 
 def test_runner_needs_no_torch_mmcv_mmdet_or_mmengine(exported, demo_coco, tmp_path):

@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -184,25 +184,75 @@ def _fused_multiply_add(a: np.ndarray, b: np.ndarray | float, c: np.ndarray | fl
     return (np.asarray(a, np.float64) * np.float64(b) + np.asarray(c, np.float64)).astype(np.float32)
 
 
-def _bilinear_sample(mask: np.ndarray, grid_x: np.ndarray, grid_y: np.ndarray) -> np.ndarray:
-    """``F.grid_sample(mask, grid, align_corners=False)`` (bilinear, zero padding) on the separable grid of
-    ``grid_x`` (columns) by ``grid_y`` (rows), in torch's CPU kernel's order of float operations."""
-    rows, cols = mask.shape
-    ix = _fused_multiply_add(grid_x + np.float32(1), np.float32(cols / 2), -0.5)
-    iy = _fused_multiply_add(grid_y + np.float32(1), np.float32(rows / 2), -0.5)
-    x_west, y_north = np.floor(ix), np.floor(iy)
-    west, north = ix - x_west, iy - y_north
-    east, south = np.float32(1) - west, np.float32(1) - north
-    # Corner indices into the mask padded by one zero on each side: every out-of-range corner reads a zero.
-    padded = np.pad(mask, 1)
-    col0 = np.clip(x_west, -1, cols).astype(np.int64) + 1
-    col1 = np.clip(x_west + 1, -1, cols).astype(np.int64) + 1
-    row0 = np.clip(y_north, -1, rows).astype(np.int64) + 1
-    row1 = np.clip(y_north + 1, -1, rows).astype(np.int64) + 1
-    value = padded[np.ix_(row0, col0)] * (south[:, None] * east[None])
-    value = _fused_multiply_add(padded[np.ix_(row0, col1)], south[:, None] * west[None], value)
-    value = _fused_multiply_add(padded[np.ix_(row1, col0)], north[:, None] * east[None], value)
-    return _fused_multiply_add(padded[np.ix_(row1, col1)], north[:, None] * west[None], value)
+class _SampleAxis(NamedTuple):
+    """Where ``grid_sample`` (bilinear, ``align_corners=False``, zero padding) reads along one axis of a mask: per
+    output position its two neighbours' indices into the mask padded by one zero on each side (an index outside
+    the mask reads a zero) and their float32 weights."""
+    low: np.ndarray
+    high: np.ndarray
+    low_weight: np.ndarray
+    high_weight: np.ndarray
+
+    @classmethod
+    def of(cls, grid: np.ndarray, size: int) -> '_SampleAxis':
+        position = _fused_multiply_add(grid + np.float32(1), np.float32(size / 2), -0.5)
+        floor = np.floor(position)
+        high_weight = position - floor
+        low = np.clip(floor, -1, size).astype(np.int64) + 1
+        high = np.clip(floor + 1, -1, size).astype(np.int64) + 1
+        return cls(low, high, np.float32(1) - high_weight, high_weight)
+
+    def weight_matrix(self, padded_size: int) -> np.ndarray:
+        """``(positions, padded_size)`` float64: the interpolation as a matrix (two weights per row)."""
+        matrix = np.zeros((len(self.low), padded_size))
+        rows = np.arange(len(self.low))
+        # Where low == high both read the zero padding, so one weight lost there changes nothing.
+        matrix[rows, self.low] = self.low_weight
+        matrix[rows, self.high] += self.high_weight
+        return matrix
+
+
+def _sample_pixels(padded: np.ndarray, rows: _SampleAxis, cols: _SampleAxis, row_index: np.ndarray,
+                   col_index: np.ndarray) -> np.ndarray:
+    """float32 ``grid_sample`` values at the pixels ``(row_index, col_index)``, in torch's CPU kernel's order of
+    float operations (so bit for bit its result)."""
+    south, north = rows.low_weight[row_index], rows.high_weight[row_index]
+    east, west = cols.low_weight[col_index], cols.high_weight[col_index]
+    row0, row1, col0, col1 = rows.low[row_index], rows.high[row_index], cols.low[col_index], cols.high[col_index]
+    value = padded[row0, col0] * (south * east)
+    value = _fused_multiply_add(padded[row0, col1], south * west, value)
+    value = _fused_multiply_add(padded[row1, col0], north * east, value)
+    return _fused_multiply_add(padded[row1, col1], north * west, value)
+
+
+# The float64 interpolation differs from torch's float32 kernel by a few float32 ulps (< 1e-6 on probabilities);
+# pixels this close to the threshold are decided by the kernel's own arithmetic.
+EXACT_BAND = 1e-5
+
+
+def _sampled_at_least(mask: np.ndarray, grid_x: np.ndarray, grid_y: np.ndarray, threshold: float) -> np.ndarray:
+    """``F.grid_sample(mask, grid, align_corners=False) >= threshold`` (bilinear, zero padding) on the separable grid
+    of ``grid_x`` (columns) by ``grid_y`` (rows), bit for bit as torch's CPU kernel decides it.
+
+    The interpolation is separable: two small matrix products give it in float64 for the whole grid (100 masks
+    pasted into 300-pixel boxes: 3.5x faster than every pixel in the kernel's float32 order); only the pixels
+    within ``EXACT_BAND`` of the threshold are recomputed in that order.
+    """
+    rows, cols = _SampleAxis.of(grid_y, mask.shape[0]), _SampleAxis.of(grid_x, mask.shape[1])
+    padded = np.pad(mask.astype(np.float32), 1)
+    margin = (rows.weight_matrix(padded.shape[0]) @ padded.astype(np.float64)
+              @ cols.weight_matrix(padded.shape[1]).T) - threshold
+    decided = margin >= 0
+    # The kernel's rounding error grows with the values interpolated (probabilities: at most 1).
+    band = EXACT_BAND * max(1., float(np.abs(padded).max()))
+    near = np.abs(margin, out=margin) <= band
+    # Few rows hold such pixels: finding them row-wise first is cheaper than nonzero over the whole grid.
+    near_rows = np.flatnonzero(near.any(axis=1))
+    if len(near_rows):
+        row_index, col_index = np.nonzero(near[near_rows])
+        row_index = near_rows[row_index]
+        decided[row_index, col_index] = _sample_pixels(padded, rows, cols, row_index, col_index) >= threshold
+    return decided
 
 
 def paste_masks(probabilities: np.ndarray, bboxes: np.ndarray, height: int, width: int,
@@ -223,8 +273,7 @@ def paste_masks(probabilities: np.ndarray, bboxes: np.ndarray, height: int, widt
             # mmdet sets the infinite coordinates of a zero-width (height) box to 0.
             grid_x[np.isinf(grid_x)] = 0
             grid_y[np.isinf(grid_y)] = 0
-            sampled = _bilinear_sample(probability.astype(np.float32), grid_x, grid_y)
-            masks[index, top:bottom, left:right] = sampled >= threshold
+            masks[index, top:bottom, left:right] = _sampled_at_least(probability, grid_x, grid_y, threshold)
     return masks
 
 

@@ -206,7 +206,7 @@ class _SampleAxis(NamedTuple):
         """``(positions, padded_size)`` float64: the interpolation as a matrix (two weights per row)."""
         matrix = np.zeros((len(self.low), padded_size))
         rows = np.arange(len(self.low))
-        # Where low == high both read the zero padding, so one weight lost there changes nothing.
+        # Two assignments, so where low == high (both clipped into the zero padding) the weights add up.
         matrix[rows, self.low] = self.low_weight
         matrix[rows, self.high] += self.high_weight
         return matrix

@@ -41,27 +41,37 @@ def inputs():
 
 @pytest.fixture(scope='module')
 def fpns():
-    """mmdet's FPN (Mask R-CNN's: 5 outputs, P6 by max pooling) and SparseFPN in both fills, at its weights."""
+    """mmdet's FPN (Mask R-CNN's: 5 outputs, P6 by max pooling) and SparseFPN in every fill, at its weights."""
     torch.manual_seed(0)
     reference = FPN(IN_CHANNELS, OUT, 5)
     reference.init_weights()
     randomize_biases(reference).eval()
     sparse = {}
-    for fill in ('coarser', 'zero'):
+    for fill in ('laterals', 'coarser', 'zero'):
         sparse[fill] = SparseFPN(IN_CHANNELS, OUT, 5, fill_skipped=fill).eval()
         sparse[fill].load_state_dict(reference.state_dict(), strict=True)
     return reference, sparse
 
 
 def reference_outputs(fpn: FPN, features, tiles, fill: str) -> list[torch.Tensor]:
-    """What SparseFPN gives, computed densely: mmdet's FPN outputs on kept tiles; on skipped tiles the next
-    coarser output of this reference (nearest) or zero, the coarsest level's zero."""
+    """What SparseFPN gives, computed densely: mmdet's FPN outputs on kept tiles; on skipped tiles the input of
+    mmdet's output convolution there ('laterals'), the next coarser output of this reference (nearest; the
+    coarsest level's zero) or zero."""
     masks = [None if t is None else t.mask().unsqueeze(1) for t in tiles]
+    conv_inputs = {}
+    hooks = [conv.register_forward_pre_hook(lambda _, args, i=i: conv_inputs.setdefault(i, args[0]))
+             for i, conv in enumerate(fpn.fpn_convs)]
     outs = list(fpn(features))[:len(features)]
+    for hook in hooks:
+        hook.remove()
     for i in range(len(outs) - 1, -1, -1):
         if masks[i] is not None:
-            coarser = i + 1 < len(outs) and fill == 'coarser'
-            skipped = F.interpolate(outs[i + 1], size=outs[i].shape[2:]) if coarser else torch.zeros(())
+            if fill == 'laterals':
+                skipped = conv_inputs[i]
+            elif fill == 'coarser' and i + 1 < len(outs):
+                skipped = F.interpolate(outs[i + 1], size=outs[i].shape[2:])
+            else:
+                skipped = torch.zeros(())
             outs[i] = torch.where(masks[i], outs[i], skipped)
     return outs + [F.max_pool2d(outs[-1], 1, stride=2)]
 
@@ -86,7 +96,7 @@ def test_with_every_tile_kept_it_is_mmdet_fpn(fpns, inputs, mode):
         assert_all_close(sparse['coarser'](features), expected)
 
 
-@pytest.mark.parametrize('fill', ['coarser', 'zero'])
+@pytest.mark.parametrize('fill', ['laterals', 'coarser', 'zero'])
 @pytest.mark.parametrize('mode', MODES)
 def test_skipped_tiles_get_what_the_reference_gives_them(fpns, inputs, fill, mode):
     reference, sparse = fpns

@@ -78,8 +78,8 @@ SEG_MODEL = 'EfficientFormerV2-S0'
 EVAL_RATIOS = (0.0, 0.3, 0.5, 0.7)
 SPARSE_RATIOS = (0.3, 0.5, 0.7)
 PICTURE_RATIO = 0.5
-# What a skipped tile's FPN output is: the configs' choice, and the other one measured at PICTURE_RATIO.
-FILLS = ('zero', 'coarser')
+# What a skipped tile's FPN output is: the configs' choice, and the other ones measured at PICTURE_RATIO.
+FILLS = ('laterals', 'zero', 'coarser')
 # The detector exported whole and evaluated in ONNX Runtime.
 ONNX_SCORER, ONNX_RATIO = 'L2', 0.5
 # The detector before adaptation is tested dense and at PICTURE_RATIO with the L2 scorer, which it has.

@@ -6,5 +6,5 @@ custom_imports = dict(imports=['plugin', 'plugin.models.detectors.sparse_mask_rc
 
 model = dict(
     type='SparseMaskRCNN',
-    neck=dict(type='SparseFPN', fill_skipped='zero'),
+    neck=dict(type='SparseFPN', fill_skipped='laterals'),
     rpn_head=dict(type='SparseRPNHead'))

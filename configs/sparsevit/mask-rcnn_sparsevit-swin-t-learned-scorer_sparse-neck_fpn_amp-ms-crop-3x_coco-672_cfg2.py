@@ -9,6 +9,6 @@ custom_imports = dict(imports=['plugin', 'plugin.models.detectors.sparse_mask_rc
 model = dict(
     type='SparseMaskRCNN',
     backbone=dict(freeze_scorer=True),
-    neck=dict(type='SparseFPN', fill_skipped='zero'),
+    neck=dict(type='SparseFPN', fill_skipped='laterals'),
     rpn_head=dict(type='SparseRPNHead'))
 find_unused_parameters = False

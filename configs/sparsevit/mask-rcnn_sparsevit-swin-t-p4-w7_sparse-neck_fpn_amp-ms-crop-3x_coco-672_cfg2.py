@@ -5,6 +5,6 @@ custom_imports = dict(imports=['plugin', 'plugin.models.detectors.sparse_mask_rc
 
 model = dict(
     type='SparseMaskRCNN',
-    # A skipped tile's FPN output is the coarser level upsampled ('zero': zero), which the RoI heads read.
-    neck=dict(type='SparseFPN', fill_skipped='zero'),
+    # A skipped tile's FPN output is its summed laterals, which the RoI heads read (the demo: docs/demo.md).
+    neck=dict(type='SparseFPN', fill_skipped='laterals'),
     rpn_head=dict(type='SparseRPNHead'))

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from plugin.benchmarks.whole import PartTimer, alternating_part_latencies, packed_batch, photographs
 from plugin.demo_data import make_demo_data
 from plugin.deploy import OnnxDetector, export_mask_rcnn, with_exact_resize
+from plugin.models.necks.sparse_fpn import FILL_SKIPPED
 from plugin.models.utils.records import ForwardRecord, recording
 from plugin.utils import count_macs_per_module, markdown_table
 from plugin.utils.cli import HelpFormatter, run_tool
@@ -78,8 +79,6 @@ SEG_MODEL = 'EfficientFormerV2-S0'
 EVAL_RATIOS = (0.0, 0.3, 0.5, 0.7)
 SPARSE_RATIOS = (0.3, 0.5, 0.7)
 PICTURE_RATIO = 0.5
-# What a skipped tile's FPN output is: the configs' choice, and the other ones measured at PICTURE_RATIO.
-FILLS = ('laterals', 'zero', 'coarser')
 # The detector exported whole and evaluated in ONNX Runtime.
 ONNX_SCORER, ONNX_RATIO = 'L2', 0.5
 # The detector before adaptation is tested dense and at PICTURE_RATIO with the L2 scorer, which it has.
@@ -286,7 +285,8 @@ def sparse_all_the_way(scorer: str, args: argparse.Namespace, work_dir: Path,
     neck = runner.model.neck
     configured = neck.fill_skipped
     entries = []
-    for fill in (configured, *(fill for fill in FILLS if fill != configured)):
+    # The configs' fill at every ratio, each other fill of skipped tiles at PICTURE_RATIO.
+    for fill in (configured, *(fill for fill in FILL_SKIPPED if fill != configured)):
         neck.fill_skipped = fill
         entries += [TimedRow(row) for row in evaluate_at_ratios(
             runner, f'SparseViT-Swin, adapted, sparse all the way (skipped tiles: {fill})', scorer,

@@ -9,6 +9,7 @@ from kept_tiles import MODES, computed_as, every_tile, masked_group_norm_referen
 from mmcv.cnn import ConvModule
 from mmcv.ops import ModulatedDeformConv2dPack
 
+from plugin.models.utils import tile_conv
 from plugin.models.utils.records import KeptTiles
 from plugin.models.utils.tile_conv import (
     SparseFeatures,
@@ -55,6 +56,21 @@ def test_gathered_tiles_carry_their_halo_with_zeros_outside_the_map(case):
             row, col = divmod(tile, columns)
             expected = padded[image, :, row * TILE:row * TILE + TILE + 4, col * TILE:col * TILE + TILE + 4]
             assert torch.equal(patches[image * tiles.index.shape[1] + slot], expected)
+
+
+def test_exported_rows_and_pytorch_planes_move_the_same_tiles(case, monkeypatch):
+    """An exported graph moves channels-last rows, PyTorch channel planes: the same tiles and maps either way, and
+    PyTorch gives one image's map of whole tiles back in NCHW memory (what mmcv's RoIAlign reads)."""
+    x, tiles = case
+    fill = torch.randn_like(x)
+    planes = gather_tiles(x, tiles, halo=1), scatter_tiles(gather_tiles(x, tiles), tiles, fill)
+    whole_tiles = KeptTiles(tiles.index[:1], TILE, (12, 16))
+    one_image = F.pad(x[:1], (0, 3, 0, 1))
+    assert scatter_tiles(gather_tiles(one_image, whole_tiles), whole_tiles, one_image).is_contiguous()
+    monkeypatch.setattr(tile_conv, 'is_exporting', lambda: True)
+    rows = gather_tiles(x, tiles, halo=1), scatter_tiles(gather_tiles(x, tiles), tiles, fill)
+    for from_planes, from_rows in zip(planes, rows):
+        assert torch.equal(from_planes, from_rows)
 
 
 @pytest.mark.parametrize('mode', MODES)

@@ -21,7 +21,7 @@ def _branch(prev_layers: nn.ModuleList | None, predictor: nn.Conv2d, feature: Ke
             fill: float) -> torch.Tensor:
     """A prediction branch (its 3x3 ConvModules, then the 1x1 predictor) on the kept tiles; ``fill`` elsewhere.
 
-    In NCHW memory, as mmdet3d's outputs: the tiles were written into a channels-last buffer.
+    In NCHW memory, as mmdet3d's outputs (a batch's or an export's tiles come back as views).
     """
     return run_on_kept([*(prev_layers or []), predictor], feature, tiles).to_map(fill).contiguous()
 

@@ -52,7 +52,7 @@ class SparseRPNHead(RPNHead):
         feature = run_on_kept(self._trunk(), x, kept_tiles)
         cls_score = run_on_kept([self.rpn_cls], feature, kept_tiles).to_map(SKIPPED_LOGIT)
         bbox_pred = run_on_kept([self.rpn_reg], feature, kept_tiles).to_map(0.)
-        # NCHW memory, as mmdet's outputs: the tiles were written into channels-last buffers.
+        # NCHW memory, as mmdet's outputs (a batch's or an export's tiles come back as views).
         return cls_score.contiguous(), bbox_pred.contiguous()
 
     def loss_by_feat(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], *args, **kwargs) -> dict:

@@ -87,7 +87,7 @@ class SparseFPN(FPN):
         # Coarsest first: with 'coarser' a skipped tile takes the coarser output level.
         for i in range(used_backbone_levels - 1, -1, -1):
             outs[i] = self._on_kept(self.fpn_convs[i], laterals[i], level_tiles[i], self._fill(i, laterals, outs))
-        # Tiles are written into channels-last buffers; mmcv's RoIAlign reads its input's memory as NCHW.
+        # mmcv's RoIAlign reads its input's memory as NCHW: a batch's (or an export's) tiles come back as views.
         outs = [out.contiguous() for out in outs]
 
         if self.num_outs > len(outs):

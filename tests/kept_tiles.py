@@ -1,6 +1,7 @@
 """Kept tiles for the sparse neck and head tests: random per image, every tile, and the dense-fallback switch."""
 import contextlib
 from collections.abc import Iterator, Sequence
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -29,12 +30,9 @@ MODES = ('tiles', 'dense')
 @contextlib.contextmanager
 def computed_as(mode: str) -> Iterator[None]:
     """Inside the block every layer on kept tiles runs as ``mode`` says, whatever its kept fraction."""
-    saved = tile_conv.DENSE_FALLBACK_FRACTION
-    tile_conv.DENSE_FALLBACK_FRACTION = 0.0 if mode == 'dense' else 2.0
-    try:
+    threshold = 0.0 if mode == 'dense' else 2.0
+    with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, {device: threshold for device in ('cpu', 'gpu')}):
         yield
-    finally:
-        tile_conv.DENSE_FALLBACK_FRACTION = saved
 
 
 def masked_group_norm_reference(norm: nn.GroupNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -394,7 +394,7 @@ def test_sparse_heads_benchmark_runs_both_parts_at_a_small_size():
     import warnings
 
     from plugin.benchmarks import sparse_heads
-    args = argparse.Namespace(size=(112, 112), fractions=[0.5, 1.0], ratios=['cfg2'], threads=1,
+    args = argparse.Namespace(size=(112, 112), fractions=[0.5, 1.0], ratios=['cfg2'], threads=1, batch=2,
                               device=torch.device('cpu'), warmup=0, repeats=1, part='fpn-rpn')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # a stage of 112x112 keeps no window at cfg2's ratios
@@ -402,5 +402,5 @@ def test_sparse_heads_benchmark_runs_both_parts_at_a_small_size():
     assert [row['pruning'] for row in rows] == ['dense (mmdet FPN + RPNHead)', 'cfg2']
     assert rows[1]['MACs ratio'] > 1.2 and rows[1]['kept fractions'].startswith('0.')
     rows = sparse_heads.run(argparse.Namespace(**{**vars(args), 'part': 'layer'}))
-    assert [(row['layer'][:3], row['kept fraction']) for row in rows] == [
-        ('3x3', 0.5), ('3x3', 1.0), ('1x1', 0.5), ('1x1', 1.0)]
+    assert [(row['layer'][:3], row['batch'], row['kept fraction']) for row in rows] == [
+        ('3x3', 2, 0.5), ('3x3', 2, 1.0), ('1x1', 2, 0.5), ('1x1', 2, 1.0)]

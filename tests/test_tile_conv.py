@@ -146,6 +146,16 @@ def test_gradients_of_layers_on_kept_tiles_are_those_of_the_computation(case):
         assert torch.autograd.gradcheck(function, (x, *params))
 
 
+def test_the_dense_fallback_threshold_follows_the_device_of_the_tiles():
+    """A layer on 6 of 16 tiles runs on the tiles on the CPU and densely on a GPU (the measured crossings)."""
+    on_cpu = random_tiles(2, (28, 28), 7, kept=6, generator=torch.Generator().manual_seed(0))
+    on_gpu = KeptTiles(on_cpu.index.to('meta'), on_cpu.tile_size, on_cpu.feature_shape)
+    assert not tile_conv.dense_pays(on_cpu)
+    assert tile_conv.dense_pays(on_gpu)
+    every = every_tile(1, (28, 28), 7)
+    assert tile_conv.dense_pays(every) and tile_conv.dense_pays(KeptTiles(every.index.to('meta'), 7, (28, 28)))
+
+
 def test_layers_that_cannot_run_on_tiles_are_refused():
     with pytest.raises(ValueError, match='keep the map size'):
         check_tile_layer(nn.Conv2d(4, 4, 3, stride=2, padding=1), 'strided')

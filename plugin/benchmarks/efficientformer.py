@@ -43,8 +43,8 @@ def reference_backbones(enabled: bool) -> list[tuple[str, nn.Module]]:
         return []
     try:
         from mmdet.models.backbones import ResNet, SwinTransformer
-    except ImportError:
-        print('mmdet is not installed: no ResNet-50 / Swin-T rows')
+    except ImportError as error:
+        print(f'mmdet.models failed to import ({error}): no ResNet-50 / Swin-T rows')
         return []
     return [('mmdet ResNet-50', ResNet(depth=50)), ('mmdet Swin-T', SwinTransformer(drop_path_rate=0.))]
 

@@ -14,6 +14,7 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -34,16 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--part', choices=['fpn-rpn', 'layer'], default='fpn-rpn',
                         help='fpn-rpn: SparseFPN + SparseRPNHead against mmdet\'s; layer: one layer on tiles against '
                         'the dense fallback, per kept fraction')
+    parser.add_argument('--batch', type=int, default=1, help='images per call of the layer rows')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (a shared machine: 1)')
 
 
-def _random_tiles(feature_shape: tuple[int, int], fraction: float, device: torch.device) -> KeptTiles:
-    """``fraction`` of the tiles of one image, drawn at random."""
+def _random_tiles(feature_shape: tuple[int, int], fraction: float, batch: int, device: torch.device) -> KeptTiles:
+    """``fraction`` of the tiles of each of ``batch`` images, drawn at random per image."""
     probe = KeptTiles(torch.zeros(1, 0, dtype=torch.long), TILE, feature_shape)
     kept = max(1, round(fraction * probe.num_tiles))
     generator = torch.Generator().manual_seed(0)
-    index = torch.randperm(probe.num_tiles, generator=generator)[:kept].view(1, -1).to(device)
-    return KeptTiles(index, TILE, feature_shape)
+    index = torch.stack([torch.randperm(probe.num_tiles, generator=generator)[:kept] for _ in range(batch)])
+    return KeptTiles(index.to(device), TILE, feature_shape)
 
 
 def alternating_medians(runs: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
@@ -72,21 +74,18 @@ def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     rows = []
     for name, (layer, channels) in layers.items():
         layer = layer.to(args.device).eval()
-        x = torch.randn(1, channels, *stride4, device=args.device)
+        x = torch.randn(args.batch, channels, *stride4, device=args.device)
         for fraction in args.fractions:
-            tiles = _random_tiles(stride4, fraction, args.device)
+            tiles = _random_tiles(stride4, fraction, args.batch, args.device)
 
             def on_kept(threshold: float, tiles=tiles, layer=layer, x=x) -> torch.Tensor:
-                saved = tile_conv.DENSE_FALLBACK_FRACTION
-                tile_conv.DENSE_FALLBACK_FRACTION = threshold
-                try:
+                forced = {device: threshold for device in tile_conv.DENSE_FALLBACK_FRACTION}
+                with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, forced):
                     return tile_conv.run_on_kept([layer], x, tiles).to_map(0.)
-                finally:
-                    tile_conv.DENSE_FALLBACK_FRACTION = saved
             medians = alternating_medians({'tiles': functools.partial(on_kept, 2.0),
                                            'dense+mask': functools.partial(on_kept, 0.0),
                                            'dense conv': functools.partial(layer, x)}, args)
-            rows.append({'layer': name, 'map': f'{stride4[0]}x{stride4[1]}',
+            rows.append({'layer': name, 'batch': args.batch, 'map': f'{stride4[0]}x{stride4[1]}',
                          'kept fraction': round(tiles.kept_fraction, 3),
                          **{f'{mode} ms': value for mode, value in medians.items()},
                          'tiles / dense+mask': medians['tiles'] / medians['dense+mask']})

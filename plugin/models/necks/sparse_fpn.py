@@ -34,10 +34,10 @@ class SparseFPN(FPN):
       zero; ``'coarser'`` the next coarser output level upsampled as the top-down path upsamples (the
       coarsest backbone level has no coarser level: zero there).
 
-    Extra levels (P6, ...) are computed as mmdet computes them, on whole maps. Above a kept fraction of
-    ``DENSE_FALLBACK_FRACTION`` a layer runs on the whole map and is then masked, which gives the same
-    result. The result is a :class:`~plugin.models.utils.tile_conv.SparseFeatures`: the output maps with
-    the tiles of each (None for dense and extra levels), which the sparse heads compute on.
+    Extra levels (P6, ...) are computed as mmdet computes them, on whole maps. From the kept fraction in
+    ``DENSE_FALLBACK_FRACTION`` for the maps' device on, a layer runs on the whole map and is then masked,
+    which gives the same result. The result is a :class:`~plugin.models.utils.tile_conv.SparseFeatures`: the
+    output maps with the tiles of each (None for dense and extra levels), which the sparse heads compute on.
 
     In an mmseg config (Semantic FPN) it stands in for mmseg's ``FPN``, which computes the same at the
     arguments Semantic FPN uses; its arguments are mmdet's (``end_level`` inclusive, no

@@ -28,10 +28,13 @@ from .export_mode import is_exporting
 from .records import KeptTiles
 from .window_ops import batched_token_positions, gather_rows, scatter_rows_
 
-# Above this kept fraction a layer runs densely and then fills the skipped tiles, which gives the same
+# From this kept fraction on a layer runs densely and then fills the skipped tiles, which gives the same
 # result: gathering the tiles with their halo and writing them back costs more than the skipped
-# convolutions save. Measured with ``python tools/benchmark.py sparse_heads`` (docs/sparse_all_the_way.md).
-DENSE_FALLBACK_FRACTION = 0.85
+# convolutions save. Per kind of device (every device but the CPU takes 'gpu'), measured with
+# ``python tools/benchmark.py sparse_heads --part layer`` (docs/sparse_all_the_way.md): on the CPU a 3x3
+# convolution on tiles stops paying between 0.6 and 0.85 (depending on the machine); on an H200 GPU at about
+# 0.3 for 4 to 16 images and at no fraction for one, where the gathers' launches cost more than the layer.
+DENSE_FALLBACK_FRACTION: dict[str, float] = {'cpu': 0.85, 'gpu': 0.25}
 
 
 class SparseFeatures(tuple):
@@ -79,7 +82,8 @@ def check_kept_tiles(tiles: KeptTiles, x: torch.Tensor, where: str) -> None:
 
 def dense_pays(tiles: KeptTiles) -> bool:
     """True where a layer on ``tiles`` is cheaper computed densely and masked (see ``DENSE_FALLBACK_FRACTION``)."""
-    return tiles.kept_fraction >= DENSE_FALLBACK_FRACTION
+    device = 'cpu' if tiles.index.device.type == 'cpu' else 'gpu'
+    return tiles.kept_fraction >= DENSE_FALLBACK_FRACTION[device]
 
 
 def keep_computed(x: torch.Tensor, tiles: KeptTiles, fill: float | torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from plugin.demo_data.synthetic import write_ade, write_coco
 from plugin.engine.hooks import CHECKPOINT_SEED_KEY, SparsityAwareAdaptationHook
 from plugin.models.backbones import SparseViTSwin
 from plugin.search import EvolutionarySearch, MacsBudget, build_model
-from plugin.utils.distributed import init_distributed, on_every_rank, on_main_rank
+from plugin.utils.distributed import close_distributed, init_distributed, on_every_rank, on_main_rank
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).resolve().parent / 'distributed'
@@ -106,6 +106,14 @@ def test_hook_keeps_its_seed_in_checkpoints_and_a_resumed_run_continues_the_sequ
     configured.before_run(runner)
     configured.after_load_checkpoint(runner, copy.deepcopy(checkpoint))
     assert configured.seed == 7
+
+
+def test_close_distributed_ends_a_started_group_and_does_nothing_without_one(tmp_path):
+    close_distributed()
+    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    close_distributed()
+    assert not torch.distributed.is_initialized()
 
 
 def test_train_tool_prepares_cpu_processes_and_names_bad_settings():

@@ -25,7 +25,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 
 from plugin.utils.cli import HelpFormatter, run_tool
-from plugin.utils.distributed import LAUNCHERS, check_launcher, init_distributed
+from plugin.utils.distributed import LAUNCHERS, check_launcher, close_distributed, init_distributed
 
 # default_scope of a config -> the package whose training script runs it.
 SCRIPT_PACKAGES = ('mmdet', 'mmseg', 'mmdet3d')
@@ -96,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv += cpu_distributed_options(cfg)
         init_distributed(args.launcher, 'cpu', timeout=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout'))
     sys.argv = [str(script), *argv]
-    runpy.run_path(str(script), run_name='__main__')
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    finally:
+        close_distributed()
 
 
 if __name__ == '__main__':

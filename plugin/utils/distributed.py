@@ -69,6 +69,16 @@ def init_distributed(launcher: str, device: str | torch.device | None = None,
         init_dist(launcher, backend='gloo', **kwargs)
 
 
+def close_distributed() -> None:
+    """Destroy the default process group, if one was started, before the process exits.
+
+    A process that exits with its gloo group alive leaves the group's threads to the interpreter's teardown,
+    where one two-process CPU training aborted after finishing ('terminate called without an active exception').
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def describe_failure(error: BaseException) -> Failure:
     """What a rank sends the others about its ``error`` (plain data: any exception can be described)."""
     kind = next((index for index, error_type in enumerate(USER_ERRORS) if isinstance(error, error_type)), -1)

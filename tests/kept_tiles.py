@@ -31,7 +31,8 @@ MODES = ('tiles', 'dense')
 def computed_as(mode: str) -> Iterator[None]:
     """Inside the block every layer on kept tiles runs as ``mode`` says, whatever its kept fraction."""
     threshold = 0.0 if mode == 'dense' else 2.0
-    with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, {device: threshold for device in ('cpu', 'gpu')}):
+    forced = dict.fromkeys(tile_conv.DENSE_FALLBACK_FRACTION, threshold)
+    with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, forced):
         yield
 
 

@@ -149,6 +149,7 @@ def test_gradients_of_layers_on_kept_tiles_are_those_of_the_computation(case):
 def test_the_dense_fallback_threshold_follows_the_device_of_the_tiles():
     """A layer on 6 of 16 tiles runs on the tiles on the CPU and densely on a GPU (the measured crossings)."""
     on_cpu = random_tiles(2, (28, 28), 7, kept=6, generator=torch.Generator().manual_seed(0))
+    # Any device but the CPU takes the GPU's threshold; the meta device stands in for one.
     on_gpu = KeptTiles(on_cpu.index.to('meta'), on_cpu.tile_size, on_cpu.feature_shape)
     assert not tile_conv.dense_pays(on_cpu)
     assert tile_conv.dense_pays(on_gpu)

@@ -79,7 +79,7 @@ def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:
             tiles = _random_tiles(stride4, fraction, args.batch, args.device)
 
             def on_kept(threshold: float, tiles=tiles, layer=layer, x=x) -> torch.Tensor:
-                forced = {device: threshold for device in tile_conv.DENSE_FALLBACK_FRACTION}
+                forced = dict.fromkeys(tile_conv.DENSE_FALLBACK_FRACTION, threshold)
                 with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, forced):
                     return tile_conv.run_on_kept([layer], x, tiles).to_map(0.)
             medians = alternating_medians({'tiles': functools.partial(on_kept, 2.0),

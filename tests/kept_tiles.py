@@ -1,12 +1,9 @@
-"""Kept tiles for the sparse neck and head tests: random per image, every tile, and the dense-fallback switch."""
-import contextlib
-from collections.abc import Iterator, Sequence
-from unittest import mock
+"""Kept tiles for the sparse neck and head tests: random per image, every tile, and a masked GroupNorm reference."""
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-import plugin.models.utils.tile_conv as tile_conv
 from plugin.models.utils.records import KeptTiles
 
 
@@ -21,19 +18,6 @@ def random_tiles(batch: int, feature_shape: Sequence[int], tile_size: int, kept:
 def every_tile(batch: int, feature_shape: Sequence[int], tile_size: int) -> KeptTiles:
     probe = KeptTiles(torch.zeros(batch, 0, dtype=torch.long), tile_size, tuple(feature_shape))
     return KeptTiles(torch.arange(probe.num_tiles).repeat(batch, 1), tile_size, tuple(feature_shape))
-
-
-# The two ways a layer runs on kept tiles: gathered tiles, or the whole map masked (the dense fallback).
-MODES = ('tiles', 'dense')
-
-
-@contextlib.contextmanager
-def computed_as(mode: str) -> Iterator[None]:
-    """Inside the block every layer on kept tiles runs as ``mode`` says, whatever its kept fraction."""
-    threshold = 0.0 if mode == 'dense' else 2.0
-    forced = dict.fromkeys(tile_conv.DENSE_FALLBACK_FRACTION, threshold)
-    with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, forced):
-        yield
 
 
 def masked_group_norm_reference(norm: nn.GroupNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

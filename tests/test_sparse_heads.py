@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kept_tiles import MODES, computed_as, every_tile, masked_group_norm_reference, random_tiles
+from kept_tiles import every_tile, masked_group_norm_reference, random_tiles
 from mmcv.cnn import ConvModule
 from mmdet.models.utils import images_to_levels, multi_apply
 from mmdet3d.structures import CameraInstance3DBoxes
@@ -19,7 +19,7 @@ from random_weights import randomize
 
 from plugin.models.dense_heads import sparse_mono3d_heads, sparse_rpn_head  # noqa: F401  (registration)
 from plugin.models.utils.records import KeptTiles
-from plugin.models.utils.tile_conv import SparseFeatures
+from plugin.models.utils.tile_conv import COMPUTE_MODES, SparseFeatures, computed_as
 
 BATCH = 2
 TILE = 4
@@ -107,7 +107,7 @@ def assert_maps_equal(outputs, references):
         torch.testing.assert_close(output[finite], reference[finite], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_rpn_with_every_tile_kept_is_mmdet_rpn_head(rpn_heads, rpn_inputs, mode):
     reference, sparse = rpn_heads
     features, _ = rpn_inputs
@@ -120,7 +120,7 @@ def test_rpn_with_every_tile_kept_is_mmdet_rpn_head(rpn_heads, rpn_inputs, mode)
             assert_maps_equal(out, ref)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_rpn_skipped_anchors_get_minus_infinity_and_kept_ones_the_reference(rpn_heads, rpn_inputs, mode):
     reference, sparse = rpn_heads
     features, tiles = rpn_inputs
@@ -323,7 +323,7 @@ def assert_mono3d_outputs_equal(outputs, references, features, tiles):
         assert torch.equal(torch.isneginf(score), ~kept_mask(level_tiles, x).expand_as(score))
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_mono3d_head_with_every_tile_kept_is_mmdet3d_head(mono3d_case, mode):
     reference, sparse, features, _ = mono3d_case
     everywhere = [every_tile(BATCH, x.shape[2:], TILE) for x in features]
@@ -340,7 +340,7 @@ def test_mono3d_head_with_every_tile_kept_is_mmdet3d_head(mono3d_case, mode):
                 assert_close_at_scale(output, ref)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_mono3d_head_on_kept_tiles_equals_the_masked_reference(mono3d_case, mode):
     reference, sparse, features, tiles = mono3d_case
     with torch.no_grad():

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn as nn
-from kept_tiles import computed_as, every_tile
+from kept_tiles import every_tile
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import MODELS, init_default_scope
@@ -22,7 +22,7 @@ from plugin.demo_data.synthetic import write_coco
 from plugin.deploy import load_runner, save, trace
 from plugin.models.detectors import sparse_encoder_decoder, sparse_mask_rcnn  # noqa: F401  (registration)
 from plugin.models.utils.records import ForwardRecord, RecordingScope
-from plugin.models.utils.tile_conv import SparseFeatures
+from plugin.models.utils.tile_conv import SparseFeatures, computed_as
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'configs'
 # The demo's own sparse configs are tested with the demo.

@@ -3,13 +3,14 @@ it gives skipped tiles."""
 import pytest
 import torch
 import torch.nn.functional as F
-from kept_tiles import MODES, computed_as, every_tile, random_tiles
+from kept_tiles import every_tile, random_tiles
 from mmdet.models.necks import FPN
 from mmengine.registry import MODELS
 from mmseg.models.necks import FPN as SegFPN
 
 from plugin.models.necks.sparse_fpn import SparseFPN
 from plugin.models.utils.records import KeptTiles
+from plugin.models.utils.tile_conv import COMPUTE_MODES, computed_as
 
 IN_CHANNELS = [4, 6, 8, 10]
 # The maps of a 75x110 image at strides 4..32 (SparseViT-Swin's stages), cut into tiles of 4 (its windows).
@@ -82,7 +83,7 @@ def assert_all_close(outputs, references):
         torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_with_every_tile_kept_it_is_mmdet_fpn(fpns, inputs, mode):
     reference, sparse = fpns
     features, _ = inputs
@@ -97,7 +98,7 @@ def test_with_every_tile_kept_it_is_mmdet_fpn(fpns, inputs, mode):
 
 
 @pytest.mark.parametrize('fill', ['laterals', 'coarser', 'zero'])
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_skipped_tiles_get_what_the_reference_gives_them(fpns, inputs, fill, mode):
     reference, sparse = fpns
     features, tiles = inputs

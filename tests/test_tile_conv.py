@@ -5,15 +5,17 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kept_tiles import MODES, computed_as, every_tile, masked_group_norm_reference, random_tiles
+from kept_tiles import every_tile, masked_group_norm_reference, random_tiles
 from mmcv.cnn import ConvModule
 from mmcv.ops import ModulatedDeformConv2dPack
 
 from plugin.models.utils import tile_conv
 from plugin.models.utils.records import KeptTiles
 from plugin.models.utils.tile_conv import (
+    COMPUTE_MODES,
     SparseFeatures,
     check_tile_layer,
+    computed_as,
     gather_tiles,
     group_norm_on_tiles,
     run_on_kept,
@@ -73,7 +75,7 @@ def test_exported_rows_and_pytorch_planes_move_the_same_tiles(case, monkeypatch)
         assert torch.equal(from_planes, from_rows)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_layers_on_kept_tiles_are_the_dense_layers_with_zeros_between_them(case, mode):
     """A dilated 3x3 conv reads the input map around the tiles; the 3x3 conv after it reads zeros there."""
     x, tiles = case
@@ -102,7 +104,7 @@ def test_group_norm_on_kept_tiles_takes_its_statistics_over_the_kept_pixels(case
         torch.testing.assert_close(out, norm(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_group_norm_conv_module_on_kept_tiles_matches_the_masked_reference(case, mode):
     x, tiles = case
     torch.manual_seed(0)
@@ -117,7 +119,7 @@ def test_group_norm_conv_module_on_kept_tiles_matches_the_masked_reference(case,
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', COMPUTE_MODES)
 def test_deformable_conv_on_kept_tiles_equals_mmcv_on_the_map(case, mode):
     x, tiles = case
     torch.manual_seed(0)
@@ -147,7 +149,8 @@ def test_gradients_of_layers_on_kept_tiles_are_those_of_the_computation(case):
 
 
 def test_the_dense_fallback_threshold_follows_the_device_of_the_tiles():
-    """A layer on 6 of 16 tiles runs on the tiles on the CPU and densely on a GPU (the measured crossings)."""
+    """A layer on 6 of 16 tiles runs on the tiles on the CPU and densely on a GPU (the measured crossings);
+    computed_as forces either path on any device and puts the thresholds back."""
     on_cpu = random_tiles(2, (28, 28), 7, kept=6, generator=torch.Generator().manual_seed(0))
     # Any device but the CPU takes the GPU's threshold; the meta device stands in for one.
     on_gpu = KeptTiles(on_cpu.index.to('meta'), on_cpu.tile_size, on_cpu.feature_shape)
@@ -155,6 +158,14 @@ def test_the_dense_fallback_threshold_follows_the_device_of_the_tiles():
     assert tile_conv.dense_pays(on_gpu)
     every = every_tile(1, (28, 28), 7)
     assert tile_conv.dense_pays(every) and tile_conv.dense_pays(KeptTiles(every.index.to('meta'), 7, (28, 28)))
+    with computed_as('dense'):
+        assert tile_conv.dense_pays(on_cpu)
+    with computed_as('tiles'):
+        assert not tile_conv.dense_pays(on_gpu)
+    assert not tile_conv.dense_pays(on_cpu) and tile_conv.dense_pays(on_gpu)
+    with pytest.raises(ValueError, match="one of \\('tiles', 'dense'\\), got 'sparse'"):
+        with computed_as('sparse'):
+            pass
 
 
 def test_layers_that_cannot_run_on_tiles_are_refused():

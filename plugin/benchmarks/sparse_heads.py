@@ -14,7 +14,6 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import torch
 
@@ -78,12 +77,11 @@ def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:
         for fraction in args.fractions:
             tiles = _random_tiles(stride4, fraction, args.batch, args.device)
 
-            def on_kept(threshold: float, tiles=tiles, layer=layer, x=x) -> torch.Tensor:
-                forced = dict.fromkeys(tile_conv.DENSE_FALLBACK_FRACTION, threshold)
-                with mock.patch.dict(tile_conv.DENSE_FALLBACK_FRACTION, forced):
+            def on_kept(mode: str, tiles=tiles, layer=layer, x=x) -> torch.Tensor:
+                with tile_conv.computed_as(mode):
                     return tile_conv.run_on_kept([layer], x, tiles).to_map(0.)
-            medians = alternating_medians({'tiles': functools.partial(on_kept, 2.0),
-                                           'dense+mask': functools.partial(on_kept, 0.0),
+            medians = alternating_medians({'tiles': functools.partial(on_kept, 'tiles'),
+                                           'dense+mask': functools.partial(on_kept, 'dense'),
                                            'dense conv': functools.partial(layer, x)}, args)
             rows.append({'layer': name, 'batch': args.batch, 'map': f'{stride4[0]}x{stride4[1]}',
                          'kept fraction': round(tiles.kept_fraction, 3),

@@ -16,8 +16,9 @@ copy 60 ms for a 256-channel stride-4 map at 672, more than the whole scatter. A
 channels-last rows instead (one row per pixel): ONNX Runtime transposes fast and gathers and scatters
 rows 4x faster than along planes.
 """
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -84,6 +85,24 @@ def dense_pays(tiles: KeptTiles) -> bool:
     """True where a layer on ``tiles`` is cheaper computed densely and masked (see ``DENSE_FALLBACK_FRACTION``)."""
     device = 'cpu' if tiles.index.device.type == 'cpu' else 'gpu'
     return tiles.kept_fraction >= DENSE_FALLBACK_FRACTION[device]
+
+
+# How a layer on kept tiles can run: on the gathered tiles, or on the whole map and then masked (the dense fallback).
+COMPUTE_MODES = ('tiles', 'dense')
+
+
+@contextlib.contextmanager
+def computed_as(mode: str) -> Iterator[None]:
+    """Inside the block every layer on kept tiles runs as ``mode`` (one of ``COMPUTE_MODES``) says, whatever its kept
+    fraction and device: how the tests compare the two paths and the benchmark times them."""
+    if mode not in COMPUTE_MODES:
+        raise ValueError(f'computed_as takes one of {COMPUTE_MODES}, got {mode!r}')
+    saved = dict(DENSE_FALLBACK_FRACTION)
+    DENSE_FALLBACK_FRACTION.update(dict.fromkeys(saved, 0.0 if mode == 'dense' else 2.0))
+    try:
+        yield
+    finally:
+        DENSE_FALLBACK_FRACTION.update(saved)
 
 
 def keep_computed(x: torch.Tensor, tiles: KeptTiles, fill: float | torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,12 @@ Needs mmdet.
 """
 import argparse
 import functools
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from ..models.utils.records import KeptTiles
-from ..utils import count_macs
+from ..utils import alternating_latency_ms, count_macs
 
 FPN_IN_CHANNELS = [96, 192, 384, 768]
 FPN_CHANNELS = 256
@@ -48,19 +46,8 @@ def _random_tiles(feature_shape: tuple[int, int], fraction: float, batch: int, d
 
 
 def alternating_medians(runs: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
-    """Median milliseconds of each run, timed in alternation (one call of each per round, after ``args.warmup``
-    rounds), so that a machine whose load changes during the measurement slows every run alike."""
-    times = {name: [] for name in runs}
-    with torch.no_grad():
-        for round_index in range(args.warmup + args.repeats):
-            for name, run_once in runs.items():
-                start = time.perf_counter()
-                run_once()
-                if args.device.type == 'cuda':
-                    torch.cuda.synchronize(args.device)
-                if round_index >= args.warmup:
-                    times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median milliseconds of each named run, timed in one alternating loop (``alternating_latency_ms``)."""
+    return dict(zip(runs, alternating_latency_ms(list(runs.values()), args.device, args.warmup, args.repeats)))
 
 
 def layer_rows(args: argparse.Namespace) -> list[dict[str, object]]:

@@ -610,3 +610,27 @@ def test_library_resampling_equals_the_bicubic_resampling_of_mmdet_swin():
     assert resized.shape == (23 * 23, 1)
     expected = F.interpolate(table.T.reshape(1, -1, 13, 13), size=(23, 23), mode='bicubic')
     assert torch.equal(resized, expected.reshape(-1, 23 * 23).T.contiguous())
+
+
+def test_sparsevit_benchmark_times_every_setting_on_its_own_copy_in_one_loop(monkeypatch):
+    """``tools/benchmark.py sparsevit`` at 112x112, one timed call: every backbone of a batch size goes to one
+    alternating loop, each pruning setting keeps its own ratios, and the speedups divide by the dense reference's."""
+    import argparse
+
+    from plugin.benchmarks import sparsevit
+    loops = []
+
+    def fake_alternating(runners, device, warmup, repeats):
+        loops.append(len(runners))
+        return [10.0 * (index + 1) for index in range(len(runners))]
+    monkeypatch.setattr(sparsevit, 'alternating_latency_ms', fake_alternating)
+    args = argparse.Namespace(size=(112, 112), batches=[1, 2], dtypes=['fp32'], modes=['eager'], ratios=['0', '0.6'],
+                              learned_ratios=['0.6'], device=torch.device('cpu'), warmup=0, repeats=1)
+    rows = sparsevit.run(args)
+    assert loops == [4, 4]
+    assert [row['backbone'] for row in rows[:4]] == [
+        'mmdet SwinTransformer (dense)', 'SparseViTSwin uniform 0', 'SparseViTSwin uniform 0.6',
+        'SparseViTSwin learned scorer uniform 0.6']
+    assert [row['speedup'] for row in rows[:4]] == [1.0, 0.5, 1 / 3, 0.25]
+    # Each copy keeps its own setting: the pruned ones count fewer MACs than the copy at ratio 0.
+    assert rows[2]['GMACs/img'] < 0.7 * rows[1]['GMACs/img'] and rows[3]['GMACs/img'] < 0.8 * rows[1]['GMACs/img']

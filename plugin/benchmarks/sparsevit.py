@@ -3,16 +3,18 @@
 The dense reference is mmdet's ``SwinTransformer`` when mmdet is installed, else
 our backbone at ratio 0. ``eff`` = measured speedup / MACs ratio (1.0 is the
 limit that the MACs promise). Modes: ``eager``; ``graph`` replays a captured CUDA
-graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``.
+graph (GPU only); ``compile`` runs ``torch.compile(fullgraph=True)``. Every backbone of a
+dtype, mode and batch size is timed in one alternating loop, each pruning setting on its own copy.
 """
 import argparse
+import copy
 from collections.abc import Callable
 
 import torch
 
 from ..models.backbones import SparseViTSwin
 from ..models.utils.sparsity import PruningRatios, paper_pruning_ratios
-from ..utils import capture_cuda_graph, count_macs, median_latency_ms
+from ..utils import alternating_latency_ms, capture_cuda_graph, count_macs
 from ..utils.references import mmdet_swin_transformer
 
 PAPER_NAMES = ('cfg1', 'cfg2', 'cfg3')
@@ -88,22 +90,19 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     ours = SparseViTSwin(drop_path_rate=0.)
     if reference is not None:
         ours.load_state_dict(reference.state_dict())
-    variants = [(reference_name, reference, None)] if reference is not None else []
-    variants += [(f'SparseViTSwin {variant_name(name)}', ours, resolve_ratios(name)) for name in args.ratios]
+    variants = [(reference_name, reference)] if reference is not None else []
+    variants += [(f'SparseViTSwin {variant_name(name)}', with_ratios(ours, name)) for name in args.ratios]
     if args.learned_ratios:
         # Random predictor weights: its cost, not its choices, is what the timing measures.
         learned = SparseViTSwin(drop_path_rate=0., scorer='learned')
         learned.load_state_dict(ours.state_dict(), strict=False)
-        variants += [(f'SparseViTSwin learned scorer {variant_name(name)}', learned, resolve_ratios(name))
+        variants += [(f'SparseViTSwin learned scorer {variant_name(name)}', with_ratios(learned, name))
                      for name in args.learned_ratios]
 
+    for _, model in variants:
+        model.eval()  # mmdet's Swin's train() returns None: no chaining
     image = torch.randn(1, 3, *args.size)
-    macs = {}
-    for name, model, ratios in variants:
-        if ratios is not None:
-            model.set_pruning_ratios(ratios)
-        model.eval()
-        macs[name] = count_macs(model, image)
+    macs = {name: count_macs(model, image) for name, model in variants}
     dense_macs = macs[variants[0][0]]
 
     rows = []
@@ -111,16 +110,22 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         for mode in args.modes:
             for batch in batches:
                 x = torch.randn(batch, 3, *args.size, device=device, dtype=DTYPES[dtype_name])
-                dense_ms = None
-                for name, model, ratios in variants:
-                    if ratios is not None:
-                        model.set_pruning_ratios(ratios)
-                    model.to(device=device, dtype=DTYPES[dtype_name]).eval()
-                    latency = median_latency_ms(make_runner(model, x, mode), device, args.warmup, args.repeats)
-                    dense_ms = dense_ms or latency
-                    speedup = dense_ms / latency
+                runners = [make_runner(model.to(device=device, dtype=DTYPES[dtype_name]), x, mode)
+                           for _, model in variants]
+                # compile mode compiles each setting's forward once: more than dynamo's default of 8 per function.
+                with torch._dynamo.config.patch(recompile_limit=max(8, 2 * len(runners))):
+                    latencies = alternating_latency_ms(runners, device, args.warmup, args.repeats)
+                for (name, _), latency in zip(variants, latencies):
+                    speedup = latencies[0] / latency
                     macs_ratio = dense_macs / macs[name]
                     rows.append({'backbone': name, 'mode': mode, 'dtype': dtype_name, 'batch': batch,
                                  'GMACs/img': macs[name] / 1e9, 'latency ms': latency,
                                  'speedup': speedup, 'MACs ratio': macs_ratio, 'eff': speedup / macs_ratio})
     return rows
+
+
+def with_ratios(model: SparseViTSwin, name: str) -> SparseViTSwin:
+    """A copy of ``model`` at the pruning setting ``name``, so that the settings can be timed in alternation."""
+    pruned = copy.deepcopy(model)
+    pruned.set_pruning_ratios(resolve_ratios(name))
+    return pruned

@@ -344,3 +344,24 @@ def test_backbone_loss_models_reject_backbones_without_auxiliary_losses():
     init_default_scope('mmseg')
     with pytest.raises(TypeError, match='auxiliary_losses'):
         MODELS.build(cfg.model)
+
+
+def test_dynamicvit_benchmark_times_the_models_of_an_input_size_in_one_loop(monkeypatch):
+    """``tools/benchmark.py dynamicvit`` at 64x64 and 96x96: one alternating loop per input size, every model in it,
+    speedups against the dense model's latency."""
+    import argparse
+
+    from plugin.benchmarks import dynamicvit
+    loops = []
+
+    def fake_alternating(runs, device, warmup, repeats):
+        loops.append(len(runs))
+        return [10.0 * (index + 1) for index in range(len(runs))]
+    monkeypatch.setattr(dynamicvit, 'alternating_latency_ms', fake_alternating)
+    args = argparse.Namespace(arch='deit-s', sizes=[(64, 64), (96, 96)], keep_ratios=[0.7, 0.5], batch=1,
+                              device=torch.device('cpu'), warmup=0, repeats=1)
+    rows = dynamicvit.run(args)
+    assert loops == [3, 3]
+    assert [(row['input'], row['rho'], row['speedup']) for row in rows[:3]] == [
+        ('64x64', 1.0, 1.0), ('64x64', 0.7, 0.5), ('64x64', 0.5, 1 / 3)]
+    assert rows[2]['MACs ratio'] > rows[1]['MACs ratio'] > 1.0

@@ -10,11 +10,12 @@ latency cover the whole backbone, simple feature pyramid included.
     python tools/benchmark.py dynamicvit --arch deit-b --sizes 512x512 --keep-ratios 0.9 0.7 0.5
 """
 import argparse
+import functools
 
 import torch
 
 from ..models.backbones import DynamicViT
-from ..utils import count_macs, median_latency_ms
+from ..utils import alternating_latency_ms, count_macs
 from ..utils.cli import image_size
 
 
@@ -44,13 +45,16 @@ def build_variants(arch: str, keep_ratios: list[float]) -> list[tuple[str, float
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     variants = build_variants(args.arch, args.keep_ratios)
     rows = []
+    for _, _, model in variants:
+        model.to(args.device).eval()
     for height, width in args.sizes:
         images = torch.randn(args.batch, 3, height, width, device=args.device)
+        # Every model of an input size in one alternating loop: a change of the machine's speed hits all alike.
+        latencies = alternating_latency_ms([functools.partial(model, images) for _, _, model in variants],
+                                           args.device, args.warmup, args.repeats)
         dense_macs = dense_ms = None
-        for name, rho, model in variants:
-            model.to(args.device).eval()
+        for (name, rho, model), latency in zip(variants, latencies):
             macs = count_macs(model, images) / args.batch
-            latency = median_latency_ms(lambda model=model: model(images), args.device, args.warmup, args.repeats)
             dense_macs, dense_ms = dense_macs or macs, dense_ms or latency
             rows.append({'backbone': f'{args.arch} {name}', 'rho': rho, 'input': f'{height}x{width}',
                          'batch': args.batch, 'tokens kept after block 9': f'{rho**3:.0%}',

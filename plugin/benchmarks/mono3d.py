@@ -9,12 +9,13 @@ MACs leave out the heads' deformable convolution (an mmcv op that torch's counte
 does not see). Needs mmdet3d; without it the suite prints a note and no rows.
 """
 import argparse
+import functools
 import re
 from pathlib import Path
 
 import torch
 
-from ..utils import count_macs, median_latency_ms
+from ..utils import alternating_latency_ms, count_macs
 from ..utils.package_data import CONFIG_ROOT
 
 CONFIG_DIR = CONFIG_ROOT / 'mono3d'
@@ -65,18 +66,17 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     stems = sorted(chosen | set(references.values()))
     image = torch.randn(1, 3, *args.size, device=args.device)
 
-    measured = {}
+    measured, runs = {}, []
     for stem in stems:
         model = build_detector(CONFIG_DIR / f'{stem}.py', args.device)
-
-        def network():
-            return model(dict(imgs=image), mode='tensor')
-
-        measured[stem] = dict(
-            backbone_macs=count_macs(model.backbone, image),
-            network_macs=count_macs(network),
-            backbone_ms=median_latency_ms(lambda: model.backbone(image), args.device, args.warmup, args.repeats),
-            network_ms=median_latency_ms(network, args.device, args.warmup, args.repeats))
+        network = functools.partial(model, dict(imgs=image), mode='tensor')
+        backbone = functools.partial(model.backbone, image)
+        measured[stem] = dict(backbone_macs=count_macs(backbone), network_macs=count_macs(network))
+        runs += [backbone, network]
+    # Every backbone and network in one alternating loop: a change of the machine's speed hits all alike.
+    latencies = alternating_latency_ms(runs, args.device, args.warmup, args.repeats)
+    for index, result in enumerate(measured.values()):
+        result.update(backbone_ms=latencies[2 * index], network_ms=latencies[2 * index + 1])
 
     rows = []
     for stem, result in measured.items():

@@ -522,7 +522,7 @@ def test_subset_evaluator_scores_the_images_it_ran(tmp_path):
 
 
 @pytest.mark.slow
-def test_count_macs_tool_counts_backbone_and_whole_model(adapted_detector, capsys):
+def test_count_macs_tool_counts_backbone_and_whole_model(adapted_detector, capsys, monkeypatch):
     tool = load_tool('count_macs')
     ratios = [[0.3, 0.3], [0.5, 0.8], [0.1, 0.7], [0.0, 0.4]]
     rows = tool.main([str(adapted_detector.config), str(adapted_detector.config), '--shape', '75', '110'])
@@ -533,6 +533,18 @@ def test_count_macs_tool_counts_backbone_and_whole_model(adapted_detector, capsy
     assert round(pruned['backbone GMACs'] * 1e9) == hand_count_macs(75, 110, ratios)
     assert dense['model GMACs'] > dense['backbone GMACs']
     assert rows[1]['backbone MACs ratio'] == 1.0
+    # --latency: every config's backbone and model in one alternating loop, the ratios against the first config.
+    loops = []
+
+    def fake_alternating(fns, device, warmup, repeats):
+        loops.append(len(fns))
+        return [10.0 * (index + 1) for index in range(len(fns))]
+    monkeypatch.setattr(tool, 'alternating_latency_ms', fake_alternating)
+    timed = tool.main([str(adapted_detector.config), str(adapted_detector.config), '--shape', '75', '110',
+                       '--latency', '--device', 'cpu'])
+    assert loops == [4]
+    assert [(row['backbone ms'], row['model ms']) for row in timed] == [(10.0, 20.0), (30.0, 40.0)]
+    assert timed[1]['backbone speedup'] == 1 / 3 and timed[1]['model speedup'] == 0.5
     with pytest.raises(SystemExit):
         tool.main([str(adapted_detector.config), '--pruning-ratios', '[0.1,'])
     assert 'pruning ratios must be JSON' in capsys.readouterr().err

@@ -11,13 +11,14 @@ forward without post-processing (``mode='tensor'``, mmdet's get_flops
 convention): for Mask R-CNN backbone, neck, RPN with its proposal NMS and the
 RoI heads on the proposals (mask head on the first 100). The weights are random
 (or --checkpoint), which sets how many proposals the RoI heads see. Ratios of
-speed and MACs are relative to the first config; every number comes from this run.
+speed and MACs are relative to the first config; every number comes from this run, every latency
+from one loop that times all configs' backbones and models in alternation.
 """
 import argparse
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 from plugin.models.utils.checkpoint import load_model_checkpoint
 from plugin.models.utils.sparsity import find_sparse_backbone, paper_pruning_ratios
-from plugin.utils import count_macs, device_name, markdown_table, median_latency_ms
+from plugin.utils import alternating_latency_ms, count_macs, device_name, markdown_table
 from plugin.utils.cli import HelpFormatter, pruning_ratios, run_tool
 
 
@@ -79,7 +80,9 @@ def build(cfg: Config, args: argparse.Namespace) -> nn.Module:
     return model
 
 
-def measure(name: str, args: argparse.Namespace) -> dict[str, object]:
+def measure(name: str, args: argparse.Namespace) -> tuple[dict[str, object], list[Callable[[], object]]]:
+    """The config's row of MACs, and (with --latency) the callables running its backbone and whole model
+    (the latter None where the task is not supported) on ``args.device`` at ``args.batch``."""
     cfg = load_config(name)
     model = build(cfg, args)
     scope = cfg.get('default_scope', 'mmdet')
@@ -91,18 +94,26 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, object]:
         inputs = torch.randn(batch, 3, *args.shape, device=device)
         samples = dummy_data_samples(scope, args.shape, batch)
         run_model = None if samples is None else (lambda: model(inputs, samples, mode='tensor'))
-        return (lambda: model.backbone(inputs)), run_model
+        return [(lambda: model.backbone(inputs)), run_model]
 
     backbone_fn, model_fn = runners(1, torch.device('cpu'))
     row['backbone GMACs'] = count_macs(backbone_fn) / 1e9
     row['model GMACs'] = count_macs(model_fn) / 1e9 if model_fn else None
-    if args.latency:
-        device = torch.device(args.device)
-        model.to(device)
-        backbone_fn, model_fn = runners(args.batch, device)
-        row['backbone ms'] = median_latency_ms(backbone_fn, device, args.warmup, args.repeats)
-        row['model ms'] = median_latency_ms(model_fn, device, args.warmup, args.repeats) if model_fn else None
-    return row
+    if not args.latency:
+        return row, []
+    device = torch.device(args.device)
+    model.to(device)
+    return row, runners(args.batch, device)
+
+
+def time_in_alternation(rows: list[dict[str, object]], timed: list[list[Callable[[], object] | None]],
+                        args: argparse.Namespace) -> None:
+    """Backbone and model latency of every row, all timed in one alternating loop."""
+    slots = [(row, part, fn) for row, fns in zip(rows, timed) for part, fn in zip(('backbone', 'model'), fns)]
+    latencies = iter(alternating_latency_ms([fn for *_, fn in slots if fn is not None], torch.device(args.device),
+                                            args.warmup, args.repeats))
+    for row, part, fn in slots:
+        row[f'{part} ms'] = next(latencies) if fn is not None else None
 
 
 def add_ratios_to_first(rows: list[dict[str, object]]) -> None:
@@ -118,7 +129,10 @@ def add_ratios_to_first(rows: list[dict[str, object]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     args = parse_args(argv)
-    rows = [measure(name, args) for name in args.configs]
+    measured = [measure(name, args) for name in args.configs]
+    rows = [row for row, _ in measured]
+    if args.latency:
+        time_in_alternation(rows, [fns for _, fns in measured], args)
     add_ratios_to_first(rows)
     where = f', latency at batch {args.batch} on {device_name(torch.device(args.device))}' if args.latency else ''
     print(f'# MACs at {args.shape[0]}x{args.shape[1]}{where}, torch {torch.__version__}')

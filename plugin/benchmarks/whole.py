@@ -18,6 +18,13 @@ network: only time and MACs compare). Columns:
   time: the whole-model speedup that the backbone's speedup alone allows;
 - ``eff_whole`` = whole speedup / Amdahl bound (1.0: the only loss end to end is what the backbone
   does not own; above 1: the parts after the backbone got faster too);
+- ``dense head ms``: of the heads, the forward of the head that runs on the neck's maps (Mask R-CNN's RPN
+  head, FCOS3D's and PGD's heads: their convolutions; their post-processing stays in the rest); blank for
+  Semantic FPN, whose decode head mmseg calls without module hooks;
+- ``MACs bound`` = the dense model's time / the time it would take if its backbone, neck, dense head and
+  the rest of its heads each took its time scaled by this row's MACs ratio for that part: the whole
+  speedup of a model that runs at the dense model's speed per MAC, the work MACs do not count (RoIAlign,
+  NMS, mask pasting) left as it is; ``eff_macs`` = whole speedup / MACs bound;
 - MACs per part from torch's counter in one pass (attention included; mmcv's RoIAlign and NMS are
   not counted).
 
@@ -45,6 +52,8 @@ from ..utils import capture_cuda_graph, count_macs_per_module
 from ..utils.package_data import config_path
 
 PARTS = ('preprocess', 'backbone', 'neck', 'heads')
+# Timed inside the heads: the dense head's forward.
+DENSE_HEAD = 'dense head'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +176,16 @@ def build_model(spec: WholeModel, reference: nn.Module | None, detections: int |
     return model.eval()
 
 
+def dense_head_name(model: nn.Module) -> str | None:
+    """The attribute of the head that runs on the neck's whole maps and is called as a module (so hooks see it):
+    a two-stage detector's RPN head, a one-stage (mono-3D) detector's head; None for a segmentor, whose decode
+    head mmseg runs through its ``forward``."""
+    for name in ('rpn_head', 'bbox_head'):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    return None
+
+
 def hold_detection_counts(model_cfg, detections: int | None = None) -> None:
     """Every image keeps ``detections`` (default: ``max_per_img``) detections whatever its scores (random
     weights score low)."""
@@ -230,8 +249,9 @@ class PartTimer:
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.device = device
+        head = dense_head_name(model)
         self.modules = {'preprocess': model.data_preprocessor, 'backbone': model.backbone,
-                        'neck': getattr(model, 'neck', None)}
+                        'neck': getattr(model, 'neck', None), DENSE_HEAD: getattr(model, head) if head else None}
         self.started: dict[str, float] = {}
         self.spent: dict[str, float] = {}
         self.handles = []
@@ -256,13 +276,16 @@ class PartTimer:
         return hook
 
     def time(self, run: Callable[[], object]) -> dict[str, float]:
-        """Milliseconds of ``run()`` per part and in total."""
+        """Milliseconds of ``run()`` per part (``PARTS``), of the dense head inside the heads where the model has
+        one, and in total."""
         self.spent = {}
         start = self._now()
         run()
         total = self._now() - start
         parts = {part: self.spent.get(part, 0.) * 1e3 for part in PARTS[:3]}
         parts['heads'] = total * 1e3 - sum(parts.values())
+        if self.modules[DENSE_HEAD] is not None:
+            parts[DENSE_HEAD] = self.spent.get(DENSE_HEAD, 0.) * 1e3
         parts['total'] = total * 1e3
         return parts
 
@@ -284,14 +307,35 @@ def alternating_part_latencies(runs: Sequence[Callable[[], dict[str, float]]], w
 
 
 def macs_per_part(model: nn.Module, data: dict) -> dict[str, float]:
-    """GMACs of one ``test_step`` per part (heads = everything outside preprocessor, backbone and neck)."""
+    """GMACs of one ``test_step`` per part (heads = everything outside preprocessor, backbone and neck; the dense
+    head's are also given apart where the model has one)."""
     per_module = count_macs_per_module(lambda: model.test_step(data))
     root = type(model).__name__
     macs = {'backbone': per_module.get(f'{root}.backbone', 0), 'neck': per_module.get(f'{root}.neck', 0)}
     outside = per_module.get(f'{root}.data_preprocessor', 0)
     macs['heads'] = per_module.get('Global', 0) - macs['backbone'] - macs['neck'] - outside
+    head = dense_head_name(model)
+    if head is not None:
+        macs[DENSE_HEAD] = per_module.get(f'{root}.{head}', 0)
     macs['total'] = per_module.get('Global', 0)
     return {part: value / 1e9 for part, value in macs.items()}
+
+
+def macs_bound(reference_ms: dict[str, float], reference_macs: dict[str, float], macs: dict[str, float]) -> float:
+    """The whole speedup over the reference if each part took the reference's time for it scaled by its MACs ratio
+    ``macs[part] / reference_macs[part]``: backbone, neck, dense head (where both were timed) and the rest of the
+    heads, preprocessing as it is. The rest's work that MACs do not count (RoIAlign, NMS, pasting) scales with the
+    rest's MACs, equal in two rows of one network."""
+    ms = {part: reference_ms[part] for part in PARTS[1:]}
+    work = {part: (reference_macs[part], macs[part]) for part in PARTS[1:]}
+    if DENSE_HEAD in reference_ms and DENSE_HEAD in reference_macs and DENSE_HEAD in macs:
+        ms[DENSE_HEAD] = reference_ms[DENSE_HEAD]
+        ms['heads'] -= reference_ms[DENSE_HEAD]
+        work[DENSE_HEAD] = (reference_macs[DENSE_HEAD], macs[DENSE_HEAD])
+        work['heads'] = (reference_macs['heads'] - reference_macs[DENSE_HEAD], macs['heads'] - macs[DENSE_HEAD])
+    # A part without MACs (no neck) keeps its time.
+    scaled = sum(ms[part] * (mine / theirs if theirs > 0 else 1.0) for part, (theirs, mine) in work.items())
+    return reference_ms['total'] / (reference_ms['preprocess'] + scaled)
 
 
 def amdahl_bound(backbone_share: float, backbone_speedup: float) -> float:
@@ -438,6 +482,7 @@ def table_row(task: Task, spec: WholeModel, batch: int, size: tuple[int, int], r
            'detections': count or None}
     for part in PARTS:
         row[f'{part} ms'] = mine.get(part)
+    row[f'{DENSE_HEAD} ms'] = mine.get(DENSE_HEAD)
     row['whole ms'] = mine['total']
     if macs is not None:
         row['backbone GMACs'] = macs[spec.name]['backbone']
@@ -451,6 +496,9 @@ def table_row(task: Task, spec: WholeModel, batch: int, size: tuple[int, int], r
         row['whole speedup'] = dense['total'] / mine['total']
         row['Amdahl bound'] = amdahl_bound(backbone_share, row['backbone speedup'])
         row['eff_whole'] = row['whole speedup'] / row['Amdahl bound']
+        if macs is not None and all(part in dense for part in PARTS):
+            row['MACs bound'] = macs_bound(dense, macs[spec.reference], macs[spec.name])
+            row['eff_macs'] = row['whole speedup'] / row['MACs bound']
         if macs is not None:
             row['whole MACs ratio'] = macs[spec.reference]['total'] / macs[spec.name]['total']
         row['same weights'] = 'yes' if spec.same_weights else 'no (other network)'

@@ -11,8 +11,10 @@ at its pixels, and the MACs follow the number of kept tiles.
 Tiles move with index kernels whose positions come from tables cached per map size, so a forward pass
 has static shapes, no host synchronisation, and exports. PyTorch moves them along the flat pixels of
 each channel plane of the NCHW map (a ``(C, B * H * W)`` view), so the map it writes back is the NCHW
-that mmdet's layers and mmcv's RoIAlign read: turning a channels-last map into NCHW costs PyTorch's CPU
-copy 60 ms for a 256-channel stride-4 map at 672, more than the whole scatter. An exported graph moves
+that mmdet's layers and mmcv's RoIAlign read: turning a channels-last map into NCHW costs PyTorch's 4-D CPU
+copy 50-60 ms for a 256-channel stride-4 map at 672 (one thread), more than the whole scatter; a 2-D transpose
+of its ``(H * W, C)`` rows takes 9 ms, which would leave rows and planes about even per layer (per-op timings,
+one thread; not built). An exported graph moves
 channels-last rows instead (one row per pixel): ONNX Runtime transposes fast and gathers and scatters
 rows 4x faster than along planes.
 """

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from recorded_loops import RecordedLoops
 
 from plugin.models.backbones import DynamicViT
 from plugin.models.backbones.dynamic_vit import DynamicBlock, policy_softmax
@@ -352,16 +353,12 @@ def test_dynamicvit_benchmark_times_the_models_of_an_input_size_in_one_loop(monk
     import argparse
 
     from plugin.benchmarks import dynamicvit
-    loops = []
-
-    def fake_alternating(runs, device, warmup, repeats):
-        loops.append(len(runs))
-        return [10.0 * (index + 1) for index in range(len(runs))]
-    monkeypatch.setattr(dynamicvit, 'alternating_latency_ms', fake_alternating)
+    loops = RecordedLoops()
+    monkeypatch.setattr(dynamicvit, 'alternating_latency_ms', loops)
     args = argparse.Namespace(arch='deit-s', sizes=[(64, 64), (96, 96)], keep_ratios=[0.7, 0.5], batch=1,
                               device=torch.device('cpu'), warmup=0, repeats=1)
     rows = dynamicvit.run(args)
-    assert loops == [3, 3]
+    assert loops.sizes == [3, 3]
     assert [(row['input'], row['rho'], row['speedup']) for row in rows[:3]] == [
         ('64x64', 1.0, 1.0), ('64x64', 0.7, 0.5), ('64x64', 0.5, 1 / 3)]
     assert rows[2]['MACs ratio'] > rows[1]['MACs ratio'] > 1.0

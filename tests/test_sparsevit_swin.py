@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import PatchMerging
 from mmdet.models.backbones.swin import SwinTransformer, swin_converter
 from mmengine.registry import MODELS
+from recorded_loops import RecordedLoops
 
 from plugin.models.backbones import SparseViTSwin
 from plugin.models.backbones.sparsevit_swin import SparseSwinBlockSequence, TokenPatchMerging
@@ -618,16 +619,12 @@ def test_sparsevit_benchmark_times_every_setting_on_its_own_copy_in_one_loop(mon
     import argparse
 
     from plugin.benchmarks import sparsevit
-    loops = []
-
-    def fake_alternating(runners, device, warmup, repeats):
-        loops.append(len(runners))
-        return [10.0 * (index + 1) for index in range(len(runners))]
-    monkeypatch.setattr(sparsevit, 'alternating_latency_ms', fake_alternating)
+    loops = RecordedLoops()
+    monkeypatch.setattr(sparsevit, 'alternating_latency_ms', loops)
     args = argparse.Namespace(size=(112, 112), batches=[1, 2], dtypes=['fp32'], modes=['eager'], ratios=['0', '0.6'],
                               learned_ratios=['0.6'], device=torch.device('cpu'), warmup=0, repeats=1)
     rows = sparsevit.run(args)
-    assert loops == [4, 4]
+    assert loops.sizes == [4, 4]
     assert [row['backbone'] for row in rows[:4]] == [
         'mmdet SwinTransformer (dense)', 'SparseViTSwin uniform 0', 'SparseViTSwin uniform 0.6',
         'SparseViTSwin learned scorer uniform 0.6']

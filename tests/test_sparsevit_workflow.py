@@ -15,6 +15,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from recorded_loops import RecordedLoops
 from tiny_configs import IMAGE_SIZE, REPO_ROOT, TINY_BACKBONE, TRAIN_ITERS, tiny_detection_cfg, tiny_segmentation_cfg
 
 from plugin.demo_data.synthetic import write_ade, write_coco
@@ -534,15 +535,11 @@ def test_count_macs_tool_counts_backbone_and_whole_model(adapted_detector, capsy
     assert dense['model GMACs'] > dense['backbone GMACs']
     assert rows[1]['backbone MACs ratio'] == 1.0
     # --latency: every config's backbone and model in one alternating loop, the ratios against the first config.
-    loops = []
-
-    def fake_alternating(fns, device, warmup, repeats):
-        loops.append(len(fns))
-        return [10.0 * (index + 1) for index in range(len(fns))]
-    monkeypatch.setattr(tool, 'alternating_latency_ms', fake_alternating)
+    loops = RecordedLoops()
+    monkeypatch.setattr(tool, 'alternating_latency_ms', loops)
     timed = tool.main([str(adapted_detector.config), str(adapted_detector.config), '--shape', '75', '110',
                        '--latency', '--device', 'cpu'])
-    assert loops == [4]
+    assert loops.sizes == [4]
     assert [(row['backbone ms'], row['model ms']) for row in timed] == [(10.0, 20.0), (30.0, 40.0)]
     assert timed[1]['backbone speedup'] == 1 / 3 and timed[1]['model speedup'] == 0.5
     with pytest.raises(SystemExit):
